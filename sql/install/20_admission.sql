@@ -1,0 +1,158 @@
+-- The admission and settlement core (API.md section 1, "Admission"): the one
+-- place every path that spends through a key (the queue now, the HTTP gateway
+-- later) calls.  Both run in the caller's transaction: a rollback undoes them.
+
+-- What an admission hands back to its caller, who keeps it with the request
+-- until settlement.
+CREATE TYPE lava.admission AS (
+	spend_key_id uuid,
+	admitted_at timestamptz,
+	reservation numeric,
+	request_shape text,
+	rate_rpm integer,
+	rate_burst integer
+);
+COMMENT ON TYPE lava.admission IS 'internal: the result of admitting one request through a spend key';
+
+-- Admits one request through `spend_key` for `provider`/`model`, reserving
+-- `reservation` USD (NULL: the model has no prices).  Checks, in order: the
+-- key exists and is not revoked, has not expired and is active, the
+-- allow-lists, the request limit, the spend limit.  On success it counts the
+-- request, holds the reservation and sets last_used_at; on failure it raises
+-- and changes nothing.  The key's row lock serialises admissions per key, so
+-- no interleaving can admit more than the limits allow.  The rate limit is
+-- not taken here: the queue takes a token when it dispatches.
+CREATE FUNCTION lava._admit(spend_key text, provider text, model text, reservation numeric)
+RETURNS lava.admission
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+	k lava.spend_key_store;
+	at timestamptz;
+	rq_start timestamptz;
+	sp_start timestamptz;
+	cur_requests bigint;
+	cur_spend numeric;
+BEGIN
+	IF reservation < 0 THEN
+		PERFORM lava._raise('22023', 'invalid reservation: must not be negative', NULL, NULL);
+	END IF;
+	k := lava._usable_key(spend_key, true, NULL);
+	at := pg_catalog.clock_timestamp();
+
+	IF k.allowed_providers IS NOT NULL AND (provider IS NULL OR provider <> ALL (k.allowed_providers)) THEN
+		PERFORM lava._raise('42501', 'provider not allowed for this spend key',
+							pg_catalog.format('Provider "%s" is not in the allowed_providers of spend key %s.',
+											  COALESCE(provider, '(none)'), k.spend_key_id), NULL);
+	END IF;
+	IF k.allowed_models IS NOT NULL AND (model IS NULL OR model <> ALL (k.allowed_models)) THEN
+		PERFORM lava._raise('42501', 'model not allowed for this spend key',
+							pg_catalog.format('Model "%s" is not in the allowed_models of spend key %s.',
+											  COALESCE(model, '(none)'), k.spend_key_id), NULL);
+	END IF;
+
+	rq_start := lava._period_start(k.request_cycle, at);
+	cur_requests := CASE WHEN rq_start > k.request_period_start THEN 0 ELSE k.period_requests END;
+	IF k.request_limit_count IS NOT NULL AND cur_requests >= k.request_limit_count THEN
+		PERFORM lava._raise('53400', 'request limit reached',
+							pg_catalog.format('Spend key %s admitted %s of %s requests in its %s period.',
+											  k.spend_key_id, cur_requests, k.request_limit_count, k.request_cycle),
+							CASE WHEN k.request_cycle = 'total' THEN 'The limit never resets; raise it with lava.update_spend_key.'
+								 ELSE pg_catalog.format('The period resets at %s.', lava._iso(lava._period_end(k.request_cycle, at))) END);
+	END IF;
+
+	sp_start := lava._period_start(k.spend_cycle, at);
+	cur_spend := CASE WHEN sp_start > k.spend_period_start THEN 0 ELSE k.period_spend END;
+	IF k.spend_limit_amount IS NOT NULL THEN
+		IF reservation IS NULL THEN
+			PERFORM lava._raise('42501', 'model has no prices and this spend key has a spend_limit',
+								pg_catalog.format('Model "%s" of provider "%s" has no input or output price in lava.models.',
+												  COALESCE(model, '(none)'), COALESCE(provider, '(none)')),
+								'Set the model''s prices in lava.models, or use a key without a spend_limit.');
+		END IF;
+		IF cur_spend + k.reserved_spend + reservation > k.spend_limit_amount THEN
+			PERFORM lava._raise('53400', 'spend limit reached',
+								pg_catalog.format('Spend key %s has %s of %s USD spent and %s reserved in its %s period; this request needs up to %s.',
+												  k.spend_key_id, lava._money(cur_spend), lava._money(k.spend_limit_amount),
+												  lava._money(k.reserved_spend), k.spend_cycle, lava._money(reservation)),
+								CASE WHEN k.spend_cycle = 'total' THEN 'Lower max_tokens, or raise the limit with lava.update_spend_key.'
+									 ELSE pg_catalog.format('Lower max_tokens, or wait for the period to reset at %s.',
+															lava._iso(lava._period_end(k.spend_cycle, at))) END);
+		END IF;
+	END IF;
+
+	UPDATE lava.spend_key_store s SET
+		request_period_start = rq_start,
+		period_requests = cur_requests + 1,
+		total_requests = s.total_requests + 1,
+		spend_period_start = sp_start,
+		period_spend = cur_spend,
+		reserved_spend = s.reserved_spend + COALESCE(reservation, 0),
+		last_used_at = at
+	WHERE s.spend_key_id = k.spend_key_id;
+	INSERT INTO lava.key_usage_daily AS d (spend_key_id, day, requests)
+	VALUES (k.spend_key_id, (at AT TIME ZONE 'UTC')::date, 1)
+	ON CONFLICT ON CONSTRAINT key_usage_daily_pkey DO UPDATE SET requests = d.requests + 1;
+
+	RETURN ROW(k.spend_key_id, at, COALESCE(reservation, 0), k.request_shape, k.rate_rpm, k.rate_burst)::lava.admission;
+END
+$$;
+COMMENT ON FUNCTION lava._admit(text, text, text, numeric) IS
+	'internal: the admission core; admits one request through a spend key or raises why not';
+
+-- Settles one admitted request: releases its reservation and, when `cost` is
+-- not NULL, charges it to the period it was admitted in (and the lifetime
+-- totals and the daily ledger).  cost NULL releases without charging (a
+-- request cancelled before it was sent).  Works on revoked keys too.
+CREATE FUNCTION lava._settle(spend_key_id uuid, admitted_at timestamptz, reservation numeric,
+							 cost numeric, input_tokens bigint DEFAULT 0, output_tokens bigint DEFAULT 0)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id uuid := spend_key_id;
+	k lava.spend_key_store;
+	sp_start timestamptz;
+	cur_spend numeric;
+BEGIN
+	IF cost < 0 THEN
+		PERFORM lava._raise('22023', 'invalid cost: must not be negative', NULL, NULL);
+	END IF;
+	SELECT * INTO k FROM lava.spend_key_store s WHERE s.spend_key_id = id FOR UPDATE;
+	IF NOT FOUND THEN
+		PERFORM lava._raise('P0002', pg_catalog.format('spend key %s not found', id), NULL, NULL);
+	END IF;
+	sp_start := lava._period_start(k.spend_cycle, pg_catalog.clock_timestamp());
+	cur_spend := CASE WHEN sp_start > k.spend_period_start THEN 0 ELSE k.period_spend END;
+	IF sp_start < k.spend_period_start THEN
+		sp_start := k.spend_period_start;
+	END IF;
+
+	UPDATE lava.spend_key_store s SET
+		reserved_spend = GREATEST(s.reserved_spend - COALESCE(reservation, 0), 0),
+		spend_period_start = sp_start,
+		period_spend = cur_spend + CASE WHEN cost IS NOT NULL AND admitted_at >= sp_start THEN cost ELSE 0 END,
+		total_spend = s.total_spend + COALESCE(cost, 0)
+	WHERE s.spend_key_id = id;
+
+	IF cost IS NOT NULL THEN
+		INSERT INTO lava.key_usage_daily AS d (spend_key_id, day, input_tokens, output_tokens, cost)
+		VALUES (id, (admitted_at AT TIME ZONE 'UTC')::date, COALESCE(input_tokens, 0),
+				COALESCE(output_tokens, 0), cost)
+		ON CONFLICT ON CONSTRAINT key_usage_daily_pkey DO UPDATE SET
+			input_tokens = d.input_tokens + EXCLUDED.input_tokens,
+			output_tokens = d.output_tokens + EXCLUDED.output_tokens,
+			cost = d.cost + EXCLUDED.cost;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION lava._settle(uuid, timestamptz, numeric, numeric, bigint, bigint) IS
+	'internal: the settlement core; replaces a reservation by the actual cost, or releases it';
+
+CREATE FUNCTION lava._take_token(spend_key_id uuid, rpm integer, burst integer)
+RETURNS double precision
+AS 'MODULE_PATHNAME', 'lava_take_token'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION lava._take_token(uuid, integer, integer) IS
+	'internal: takes a token from a key''s rate-limit bucket in shared memory; 0 when taken, else seconds to wait';

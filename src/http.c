@@ -1,0 +1,895 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.c
+ *	  lava's HTTP client layer: a libcurl multi handle driven through
+ *	  curl_multi_socket_action() from the caller's event loop.
+ *
+ * curl tells us, through the socket callback, which sockets it waits on and
+ * for what; we keep them in a private epoll set, whose fd the caller puts in
+ * its own wait set.  curl's single timer (the timer callback) becomes a
+ * deadline the caller reads with LavaHttpTimeoutMs().  LavaHttpDrive() then
+ * hands curl the ready sockets and the due timeout, and collects finished
+ * transfers into a queue that LavaHttpNextResult() empties.
+ *
+ * All transfers share one multi handle, so connections (and TLS sessions)
+ * are reused across requests.  Easy handles are kept on a free list and
+ * reset rather than freed, up to LAVA_HTTP_MAX_IDLE of them.  Nothing here
+ * is sized by the number of transfers: sockets live in epoll, transfers in
+ * linked lists, and each event costs O(1) on our side.
+ *
+ * Only malloc/free are used: the caller's PostgreSQL memory contexts are
+ * reset between loops and must not own anything of ours.  Request headers
+ * carry API keys and are never printed or logged.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+
+#include <curl/curl.h>
+
+#include "http.h"
+
+/* Idle easy handles kept for reuse; more than this are freed. */
+#define LAVA_HTTP_MAX_IDLE 256
+
+/* Idle connections curl keeps open for reuse. */
+#define LAVA_HTTP_MAXCONNECTS 1024L
+
+/* Starting size of a response buffer; it doubles as needed. */
+#define LAVA_HTTP_BODY_CHUNK 4096
+
+/* One transfer: an easy handle and what belongs to its current request. */
+typedef struct LavaHttpXfer
+{
+	struct LavaHttpXfer *next;	/* on the free list or the result queue */
+	struct LavaHttpXfer *all_prev;	/* on the list of every transfer */
+	struct LavaHttpXfer *all_next;
+	CURL	   *easy;
+	int			in_multi;		/* added to the multi handle */
+	long long	id;
+	struct curl_slist *headers;
+	char	   *req_body;		/* our copy of the request body */
+	char	   *resp;			/* response body, NUL-terminated */
+	size_t		resp_len;
+	size_t		resp_cap;
+	int			too_big;		/* response went over the cap */
+	int			out_of_memory;	/* response buffer could not grow */
+	double		retry_after;
+	long long	started_us;
+	double		elapsed;
+	long		http_status;
+	CURLcode	code;
+	char		errbuf[CURL_ERROR_SIZE];
+} LavaHttpXfer;
+
+struct LavaHttp
+{
+	CURLM	   *multi;
+	int			epfd;
+	int			nsockets;		/* sockets registered in epfd */
+	struct epoll_event *events; /* epoll_wait buffer, grown in Drive */
+	int			events_cap;
+	int			timer_armed;	/* curl asked for a timeout action */
+	long long	deadline_us;	/* when, on the monotonic clock */
+	int			inflight;		/* submitted, result not yet taken */
+	LavaHttpXfer *all;			/* every transfer, busy or idle */
+	LavaHttpXfer *idle;			/* free list */
+	int			nidle;
+	LavaHttpXfer *done_head;	/* finished, waiting for NextResult */
+	LavaHttpXfer *done_tail;
+};
+
+static int	lava_curl_initialized = 0;
+
+/* Returns the monotonic clock in microseconds. */
+static long long
+NowUs(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Copies a C string into a bounded buffer, always NUL-terminating it. */
+static void
+CopyText(char *dst, size_t dstlen, const char *src)
+{
+	size_t		n;
+
+	if (dst == NULL || dstlen == 0)
+		return;
+	n = strlen(src);
+	if (n >= dstlen)
+		n = dstlen - 1;
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+/* Lower-cases one ASCII character, whatever the locale. */
+static int
+AsciiLower(int c)
+{
+	return (c >= 'A' && c <= 'Z') ? c - 'A' + 'a' : c;
+}
+
+/* True when s starts with prefix, compared ASCII case-insensitively. */
+static int
+StartsWithCase(const char *s, size_t len, const char *prefix)
+{
+	size_t		n = strlen(prefix);
+	size_t		i;
+
+	if (len < n)
+		return 0;
+	for (i = 0; i < n; i++)
+	{
+		if (AsciiLower((unsigned char) s[i]) != AsciiLower((unsigned char) prefix[i]))
+			return 0;
+	}
+	return 1;
+}
+
+/* True when a header line starts with the given name (any case) and ':'. */
+static int
+HeaderNameIs(const char *line, size_t len, const char *name)
+{
+	size_t		n = strlen(name);
+
+	if (len <= n || !StartsWithCase(line, len, name))
+		return 0;
+	/* "Name:" sets or clears a header; "Name;" sends it empty (curl) */
+	return line[n] == ':' || line[n] == ';';
+}
+
+/* True when the method is a non-empty RFC 9110 token of sane length. */
+static int
+ValidMethod(const char *m)
+{
+	size_t		i;
+
+	for (i = 0; m[i] != '\0'; i++)
+	{
+		unsigned char c = (unsigned char) m[i];
+
+		if (i >= 32)
+			return 0;
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+			(c >= '0' && c <= '9'))
+			continue;
+		if (strchr("!#$%&'*+-.^_`|~", c) == NULL)
+			return 0;
+	}
+	return i > 0;
+}
+
+/* Parses a Retry-After value into seconds from now; -1 when invalid. */
+double
+LavaHttpParseRetryAfter(const char *value)
+{
+	const char *s;
+	const char *e;
+	char		buf[128];
+	size_t		len;
+	size_t		i;
+	int			numeric = 1;
+	int			ndots = 0;
+	time_t		when;
+	double		delta;
+
+	if (value == NULL)
+		return -1;
+	s = value;
+	while (*s == ' ' || *s == '\t')
+		s++;
+	e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' ||
+					 e[-1] == '\n'))
+		e--;
+	len = (size_t) (e - s);
+	if (len == 0 || len >= sizeof(buf))
+		return -1;
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+
+	/* delta-seconds: digits, leniently with a fraction ("1.5") */
+	for (i = 0; i < len; i++)
+	{
+		if (buf[i] == '.' && i > 0 && i + 1 < len && ndots == 0)
+			ndots++;
+		else if (buf[i] < '0' || buf[i] > '9')
+		{
+			numeric = 0;
+			break;
+		}
+	}
+	if (numeric)
+		return strtod(buf, NULL);
+
+	/* otherwise an HTTP-date (IMF-fixdate, RFC 850 or asctime) */
+	when = curl_getdate(buf, NULL);
+	if (when == (time_t) -1)
+		return -1;
+	delta = difftime(when, time(NULL));
+	return delta > 0 ? delta : 0;
+}
+
+/* curl write callback: appends response bytes, up to the cap. */
+static size_t
+WriteCb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	LavaHttpXfer *x = (LavaHttpXfer *) userdata;
+	size_t		n = size * nmemb;
+	size_t		need;
+
+	if (n == 0)
+		return 0;
+	if (n > LAVA_HTTP_MAX_RESPONSE - x->resp_len)
+	{
+		x->too_big = 1;
+		return 0;				/* makes curl end with CURLE_WRITE_ERROR */
+	}
+	need = x->resp_len + n + 1;
+	if (need > x->resp_cap)
+	{
+		size_t		cap = x->resp_cap > 0 ? x->resp_cap : LAVA_HTTP_BODY_CHUNK;
+		char	   *p;
+
+		while (cap < need)
+			cap *= 2;
+		p = (char *) realloc(x->resp, cap);
+		if (p == NULL)
+		{
+			x->out_of_memory = 1;
+			return 0;
+		}
+		x->resp = p;
+		x->resp_cap = cap;
+	}
+	memcpy(x->resp + x->resp_len, ptr, n);
+	x->resp_len += n;
+	x->resp[x->resp_len] = '\0';
+	return n;
+}
+
+/* curl header callback: notes Retry-After of the final response only. */
+static size_t
+HeaderCb(char *buf, size_t size, size_t nitems, void *userdata)
+{
+	LavaHttpXfer *x = (LavaHttpXfer *) userdata;
+	size_t		n = size * nitems;
+	static const char name[] = "Retry-After";
+	char		value[128];
+	size_t		vlen;
+
+	/* a status line starts a new response (after 1xx): forget the old one */
+	if (n >= 5 && memcmp(buf, "HTTP/", 5) == 0)
+	{
+		x->retry_after = -1;
+		return n;
+	}
+	if (HeaderNameIs(buf, n, name) && buf[sizeof(name) - 1] == ':')
+	{
+		vlen = n - sizeof(name);
+		if (vlen < sizeof(value))
+		{
+			memcpy(value, buf + sizeof(name), vlen);
+			value[vlen] = '\0';
+			x->retry_after = LavaHttpParseRetryAfter(value);
+		}
+	}
+	return n;
+}
+
+/* curl socket callback: mirrors curl's interest in a socket into epoll. */
+static int
+SocketCb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	LavaHttp   *h = (LavaHttp *) userp;
+	struct epoll_event ev;
+
+	(void) easy;
+	if (what == CURL_POLL_REMOVE)
+	{
+		if (socketp != NULL)
+		{
+			/* fails harmlessly if curl already closed the socket */
+			epoll_ctl(h->epfd, EPOLL_CTL_DEL, s, NULL);
+			h->nsockets--;
+		}
+		return 0;
+	}
+
+	memset(&ev, 0, sizeof(ev));
+	if (what & CURL_POLL_IN)
+		ev.events |= EPOLLIN;
+	if (what & CURL_POLL_OUT)
+		ev.events |= EPOLLOUT;
+	ev.data.fd = s;
+
+	if (socketp == NULL)
+	{
+		if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, s, &ev) != 0 && errno == EEXIST)
+			epoll_ctl(h->epfd, EPOLL_CTL_MOD, s, &ev);
+		/* any non-NULL pointer marks the socket as registered */
+		curl_multi_assign(h->multi, s, h);
+		h->nsockets++;
+	}
+	else if (epoll_ctl(h->epfd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT)
+		epoll_ctl(h->epfd, EPOLL_CTL_ADD, s, &ev);
+	return 0;
+}
+
+/* curl timer callback: records when curl wants a timeout action. */
+static int
+TimerCb(CURLM *multi, long timeout_ms, void *userp)
+{
+	LavaHttp   *h = (LavaHttp *) userp;
+
+	(void) multi;
+	if (timeout_ms < 0)
+		h->timer_armed = 0;
+	else
+	{
+		h->timer_armed = 1;
+		h->deadline_us = NowUs() + (long long) timeout_ms * 1000;
+	}
+	return 0;
+}
+
+/* Frees what a transfer holds for its current request. */
+static void
+ClearXfer(LavaHttpXfer *x)
+{
+	if (x->headers != NULL)
+		curl_slist_free_all(x->headers);
+	x->headers = NULL;
+	free(x->req_body);
+	x->req_body = NULL;
+	free(x->resp);
+	x->resp = NULL;
+	x->resp_len = 0;
+	x->resp_cap = 0;
+}
+
+/* Unlinks a transfer from the client and frees it with its easy handle. */
+static void
+DropXfer(LavaHttp *h, LavaHttpXfer *x)
+{
+	if (x->all_prev != NULL)
+		x->all_prev->all_next = x->all_next;
+	else
+		h->all = x->all_next;
+	if (x->all_next != NULL)
+		x->all_next->all_prev = x->all_prev;
+	ClearXfer(x);
+	curl_easy_cleanup(x->easy);
+	free(x);
+}
+
+/* Takes an idle transfer from the free list, or makes a new one. */
+static LavaHttpXfer *
+GetXfer(LavaHttp *h)
+{
+	LavaHttpXfer *x = h->idle;
+
+	if (x != NULL)
+	{
+		h->idle = x->next;
+		h->nidle--;
+		x->next = NULL;
+		return x;
+	}
+	x = (LavaHttpXfer *) calloc(1, sizeof(*x));
+	if (x == NULL)
+		return NULL;
+	x->easy = curl_easy_init();
+	if (x->easy == NULL)
+	{
+		free(x);
+		return NULL;
+	}
+	x->all_next = h->all;
+	if (h->all != NULL)
+		h->all->all_prev = x;
+	h->all = x;
+	return x;
+}
+
+/* Puts a finished transfer back on the free list (or frees it). */
+static void
+RecycleXfer(LavaHttp *h, LavaHttpXfer *x)
+{
+	ClearXfer(x);
+	if (h->nidle >= LAVA_HTTP_MAX_IDLE)
+	{
+		DropXfer(h, x);
+		return;
+	}
+	curl_easy_reset(x->easy);
+	x->next = h->idle;
+	h->idle = x;
+	h->nidle++;
+}
+
+/* Builds the request's header list: caller's headers plus our defaults. */
+static int
+BuildHeaders(LavaHttpXfer *x, const LavaHttpRequest *req)
+{
+	int			has_expect = 0;
+	int			has_ctype = 0;
+	int			i;
+	struct curl_slist *l;
+
+	for (i = 0; i < req->nheaders; i++)
+	{
+		const char *hd = req->headers[i];
+		size_t		len = strlen(hd);
+
+		if (HeaderNameIs(hd, len, "Expect"))
+			has_expect = 1;
+		if (HeaderNameIs(hd, len, "Content-Type"))
+			has_ctype = 1;
+		l = curl_slist_append(x->headers, hd);
+		if (l == NULL)
+			return -1;
+		x->headers = l;
+	}
+	/* no "Expect: 100-continue" round trip before large bodies */
+	if (!has_expect)
+	{
+		l = curl_slist_append(x->headers, "Expect:");
+		if (l == NULL)
+			return -1;
+		x->headers = l;
+	}
+	/* curl would otherwise label a body application/x-www-form-urlencoded */
+	if (!has_ctype && req->body != NULL)
+	{
+		l = curl_slist_append(x->headers, "Content-Type: application/json");
+		if (l == NULL)
+			return -1;
+		x->headers = l;
+	}
+	return 0;
+}
+
+/* Sets one easy option unless an earlier one failed (uses e and rc). */
+#define LAVA_SETOPT(opt, val) \
+	do { \
+		if (rc == CURLE_OK) \
+			rc = curl_easy_setopt(e, opt, val); \
+	} while (0)
+
+/* Sets every option of a (freshly reset) easy handle for a request. */
+static CURLcode
+SetupEasy(LavaHttpXfer *x, const LavaHttpRequest *req, const char *method)
+{
+	CURL	   *e = x->easy;
+	CURLcode	rc = CURLE_OK;
+	static char empty[] = "";
+	long		pipewait = StartsWithCase(req->url, strlen(req->url), "https:");
+
+	LAVA_SETOPT(CURLOPT_PRIVATE, (void *) x);
+	LAVA_SETOPT(CURLOPT_URL, req->url);
+#if LIBCURL_VERSION_NUM >= 0x075500
+	LAVA_SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+	LAVA_SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+	LAVA_SETOPT(CURLOPT_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
+	LAVA_SETOPT(CURLOPT_REDIR_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+	LAVA_SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
+	LAVA_SETOPT(CURLOPT_NOSIGNAL, 1L);
+	LAVA_SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
+	LAVA_SETOPT(CURLOPT_TCP_KEEPIDLE, 60L);
+	LAVA_SETOPT(CURLOPT_TCP_KEEPINTVL, 30L);
+	LAVA_SETOPT(CURLOPT_TCP_NODELAY, 1L);
+	/*
+	 * Over https, ALPN tells within the handshake whether the server speaks
+	 * HTTP/2: waiting for it lets a burst share one multiplexed connection
+	 * instead of opening one each.  Over plain http curl would only learn
+	 * that from the first response, so every other request would queue
+	 * behind it: never wait there.
+	 */
+	LAVA_SETOPT(CURLOPT_PIPEWAIT, pipewait);
+	LAVA_SETOPT(CURLOPT_ACCEPT_ENCODING, "");
+	LAVA_SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) LAVA_HTTP_MAX_RESPONSE);
+	LAVA_SETOPT(CURLOPT_USERAGENT, "lava");
+	LAVA_SETOPT(CURLOPT_ERRORBUFFER, x->errbuf);
+	LAVA_SETOPT(CURLOPT_WRITEFUNCTION, WriteCb);
+	LAVA_SETOPT(CURLOPT_WRITEDATA, (void *) x);
+	LAVA_SETOPT(CURLOPT_HEADERFUNCTION, HeaderCb);
+	LAVA_SETOPT(CURLOPT_HEADERDATA, (void *) x);
+	LAVA_SETOPT(CURLOPT_HTTPHEADER, x->headers);
+	if (req->timeout_ms > 0)
+		LAVA_SETOPT(CURLOPT_TIMEOUT_MS, req->timeout_ms);
+
+	if (x->req_body != NULL)
+	{
+		LAVA_SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
+		LAVA_SETOPT(CURLOPT_POSTFIELDS, x->req_body);
+		if (strcmp(method, "POST") != 0)
+			LAVA_SETOPT(CURLOPT_CUSTOMREQUEST, method);
+	}
+	else if (strcmp(method, "GET") == 0)
+		LAVA_SETOPT(CURLOPT_HTTPGET, 1L);
+	else if (strcmp(method, "HEAD") == 0)
+		LAVA_SETOPT(CURLOPT_NOBODY, 1L);
+	else if (strcmp(method, "POST") == 0)
+	{
+		LAVA_SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) 0);
+		LAVA_SETOPT(CURLOPT_POSTFIELDS, empty);
+	}
+	else
+		LAVA_SETOPT(CURLOPT_CUSTOMREQUEST, method);
+	return rc;
+}
+
+/* Moves every transfer curl reports finished onto the result queue. */
+static void
+CollectDone(LavaHttp *h)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(h->multi, &left)) != NULL)
+	{
+		CURL	   *easy = msg->easy_handle;
+		CURLcode	code = msg->data.result;
+		char	   *priv = NULL;
+		LavaHttpXfer *x;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
+		x = (LavaHttpXfer *) priv;
+		/* msg is invalid once the handle is removed: copy first */
+		curl_multi_remove_handle(h->multi, easy);
+		if (x == NULL)
+			continue;			/* cannot happen: all our handles carry it */
+		x->in_multi = 0;
+		x->code = code;
+		x->http_status = 0;
+		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &x->http_status);
+		x->elapsed = (double) (NowUs() - x->started_us) / 1e6;
+		/* the request's own data is no longer needed */
+		if (x->headers != NULL)
+			curl_slist_free_all(x->headers);
+		x->headers = NULL;
+		free(x->req_body);
+		x->req_body = NULL;
+
+		x->next = NULL;
+		if (h->done_tail != NULL)
+			h->done_tail->next = x;
+		else
+			h->done_head = x;
+		h->done_tail = x;
+	}
+}
+
+/* Creates a client; NULL on failure. */
+LavaHttp *
+LavaHttpCreate(void)
+{
+	LavaHttp   *h;
+
+	if (!lava_curl_initialized)
+	{
+		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+			return NULL;
+		lava_curl_initialized = 1;
+	}
+
+	h = (LavaHttp *) calloc(1, sizeof(*h));
+	if (h == NULL)
+		return NULL;
+	h->epfd = -1;
+	h->events_cap = 64;
+	h->events = (struct epoll_event *) malloc(sizeof(struct epoll_event) * (size_t) h->events_cap);
+	h->epfd = epoll_create1(EPOLL_CLOEXEC);
+	h->multi = curl_multi_init();
+	if (h->events == NULL || h->epfd < 0 || h->multi == NULL)
+	{
+		if (h->multi != NULL)
+			curl_multi_cleanup(h->multi);
+		if (h->epfd >= 0)
+			close(h->epfd);
+		free(h->events);
+		free(h);
+		return NULL;
+	}
+
+	curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, SocketCb);
+	curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, (void *) h);
+	curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, TimerCb);
+	curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, (void *) h);
+	curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+	curl_multi_setopt(h->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
+	curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, LAVA_HTTP_MAXCONNECTS);
+	curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
+	return h;
+}
+
+/* Aborts everything in flight, drops unread results and frees the client. */
+void
+LavaHttpDestroy(LavaHttp *h)
+{
+	LavaHttpXfer *x;
+
+	if (h == NULL)
+		return;
+	for (x = h->all; x != NULL; x = x->all_next)
+	{
+		if (x->in_multi)
+		{
+			curl_multi_remove_handle(h->multi, x->easy);
+			x->in_multi = 0;
+		}
+	}
+	while (h->all != NULL)
+		DropXfer(h, h->all);
+	curl_multi_cleanup(h->multi);
+	close(h->epfd);
+	free(h->events);
+	free(h);
+}
+
+/* Starts a request; 0 when under way, -1 with a message in err. */
+int
+LavaHttpSubmit(LavaHttp *h, const LavaHttpRequest *req, char *err,
+			   size_t errlen)
+{
+	LavaHttpXfer *x;
+	const char *method;
+	CURLcode	rc;
+	CURLMcode	mc;
+	int			i;
+
+	if (err != NULL && errlen > 0)
+		err[0] = '\0';
+	if (h == NULL || req == NULL || req->url == NULL || req->url[0] == '\0')
+	{
+		CopyText(err, errlen, "no URL given");
+		return -1;
+	}
+	if (req->nheaders < 0 || (req->nheaders > 0 && req->headers == NULL) ||
+		(req->body == NULL && req->body_len > 0))
+	{
+		CopyText(err, errlen, "malformed request");
+		return -1;
+	}
+	method = req->method != NULL ? req->method :
+		(req->body != NULL ? "POST" : "GET");
+	if (!ValidMethod(method))
+	{
+		CopyText(err, errlen, "invalid HTTP method");
+		return -1;
+	}
+	for (i = 0; i < req->nheaders; i++)
+	{
+		/* never quote the header: it may hold an API key */
+		if (req->headers[i] == NULL ||
+			strpbrk(req->headers[i], "\r\n") != NULL)
+		{
+			CopyText(err, errlen, "a request header is NULL or holds CR or LF");
+			return -1;
+		}
+	}
+
+	x = GetXfer(h);
+	if (x == NULL)
+	{
+		CopyText(err, errlen, "out of memory");
+		return -1;
+	}
+	x->id = req->id;
+	x->started_us = NowUs();
+	x->too_big = 0;
+	x->out_of_memory = 0;
+	x->retry_after = -1;
+	x->elapsed = 0;
+	x->http_status = 0;
+	x->code = CURLE_OK;
+	x->errbuf[0] = '\0';
+
+	if (BuildHeaders(x, req) != 0)
+	{
+		CopyText(err, errlen, "out of memory");
+		RecycleXfer(h, x);
+		return -1;
+	}
+	if (req->body != NULL)
+	{
+		x->req_body = (char *) malloc(req->body_len > 0 ? req->body_len : 1);
+		if (x->req_body == NULL)
+		{
+			CopyText(err, errlen, "out of memory");
+			RecycleXfer(h, x);
+			return -1;
+		}
+		if (req->body_len > 0)
+			memcpy(x->req_body, req->body, req->body_len);
+	}
+
+	rc = SetupEasy(x, req, method);
+	if (rc != CURLE_OK)
+	{
+		CopyText(err, errlen, curl_easy_strerror(rc));
+		RecycleXfer(h, x);
+		return -1;
+	}
+	mc = curl_multi_add_handle(h->multi, x->easy);
+	if (mc != CURLM_OK)
+	{
+		CopyText(err, errlen, curl_multi_strerror(mc));
+		RecycleXfer(h, x);
+		return -1;
+	}
+	x->in_multi = 1;
+	h->inflight++;
+	return 0;
+}
+
+/* Requests submitted whose results have not yet been taken. */
+int
+LavaHttpInFlight(const LavaHttp *h)
+{
+	return h != NULL ? h->inflight : 0;
+}
+
+/* The epoll fd for the caller's wait set. */
+int
+LavaHttpEventFd(const LavaHttp *h)
+{
+	return h != NULL ? h->epfd : -1;
+}
+
+/* Milliseconds until LavaHttpDrive() is due: -1 none, 0 now. */
+long
+LavaHttpTimeoutMs(const LavaHttp *h)
+{
+	long long	left;
+
+	if (h == NULL)
+		return -1;
+	if (h->done_head != NULL)
+		return 0;
+	if (!h->timer_armed)
+		return -1;
+	left = h->deadline_us - NowUs();
+	if (left <= 0)
+		return 0;
+	/* round up, so that the caller never wakes before curl's deadline */
+	left = (left + 999) / 1000;
+	return left > INT_MAX ? INT_MAX : (long) left;
+}
+
+/* Hands curl the ready sockets and the due timeout, without blocking. */
+void
+LavaHttpDrive(LavaHttp *h)
+{
+	int			running;
+	int			n;
+	int			i;
+
+	if (h == NULL)
+		return;
+	/*
+	 * Room for every socket, so that one call sees all that are ready.  It
+	 * grows here, never in SocketCb: curl calls that while we walk events.
+	 */
+	if (h->nsockets > h->events_cap)
+	{
+		int			cap = h->events_cap;
+		struct epoll_event *p;
+
+		while (cap < h->nsockets)
+			cap *= 2;
+		p = (struct epoll_event *) realloc(h->events, sizeof(*p) * (size_t) cap);
+		if (p != NULL)
+		{
+			h->events = p;
+			h->events_cap = cap;
+		}
+		/* else the smaller buffer serves; the rest stay ready for later */
+	}
+	if (h->nsockets > 0)
+	{
+		n = epoll_wait(h->epfd, h->events, h->events_cap, 0);
+		for (i = 0; i < n; i++)
+		{
+			unsigned int ev = h->events[i].events;
+			int			mask = 0;
+
+			if (ev & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
+				mask |= CURL_CSELECT_IN;
+			if (ev & EPOLLOUT)
+				mask |= CURL_CSELECT_OUT;
+			if (ev & EPOLLERR)
+				mask |= CURL_CSELECT_ERR;
+			curl_multi_socket_action(h->multi, h->events[i].data.fd, mask,
+									 &running);
+		}
+	}
+	/* curl re-arms (or disarms) the timer itself through TimerCb */
+	if (h->timer_armed && NowUs() >= h->deadline_us)
+		curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	CollectDone(h);
+}
+
+/* Takes the next finished request into *out: 1 if there was one, else 0. */
+int
+LavaHttpNextResult(LavaHttp *h, LavaHttpResult *out)
+{
+	LavaHttpXfer *x;
+	CURLcode	code;
+
+	if (h == NULL || out == NULL || h->done_head == NULL)
+		return 0;
+	x = h->done_head;
+	h->done_head = x->next;
+	if (h->done_head == NULL)
+		h->done_tail = NULL;
+	x->next = NULL;
+
+	memset(out, 0, sizeof(*out));
+	out->id = x->id;
+	out->http_status = x->http_status;
+	out->retry_after = x->retry_after;
+	out->elapsed = x->elapsed;
+	code = x->code;
+	if (code == CURLE_FILESIZE_EXCEEDED ||
+		(code == CURLE_WRITE_ERROR && x->too_big))
+	{
+		code = CURLE_FILESIZE_EXCEEDED;
+		snprintf(out->error, sizeof(out->error),
+				 "response body larger than %lu bytes",
+				 (unsigned long) LAVA_HTTP_MAX_RESPONSE);
+	}
+	else if (code == CURLE_WRITE_ERROR && x->out_of_memory)
+	{
+		code = CURLE_OUT_OF_MEMORY;
+		CopyText(out->error, sizeof(out->error),
+				 "out of memory for the response body");
+	}
+	else if (code != CURLE_OK)
+		CopyText(out->error, sizeof(out->error),
+				 x->errbuf[0] != '\0' ? x->errbuf : curl_easy_strerror(code));
+	out->curl_code = (int) code;
+
+	if (code == CURLE_OK && x->resp_len > 0)
+	{
+		out->body = x->resp;
+		out->body_len = x->resp_len;
+		x->resp = NULL;
+		x->resp_len = 0;
+		x->resp_cap = 0;
+	}
+	h->inflight--;
+	RecycleXfer(h, x);
+	return 1;
+}
+
+/* Frees what a result owns. */
+void
+LavaHttpResultFree(LavaHttpResult *r)
+{
+	if (r == NULL)
+		return;
+	free(r->body);
+	r->body = NULL;
+	r->body_len = 0;
+}

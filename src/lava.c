@@ -1,0 +1,99 @@
+/*-------------------------------------------------------------------------
+ *
+ * lava.c
+ *	  Module entry point: defines the lava.* settings, requests shared
+ *	  memory and registers lava's background worker.  Nothing else.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+#include "lava.h"
+
+PG_MODULE_MAGIC;
+
+char	   *lava_database = NULL;
+int			lava_max_concurrency = 64;
+int			lava_request_timeout_ms = 60000;
+int			lava_max_attempts = 3;
+int			lava_request_ttl_s = 7 * 24 * 3600;
+int			lava_max_rate_limited_keys = 10000;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+void		_PG_init(void);
+
+/* Asks the postmaster for lava's shared memory and locks. */
+static void
+LavaShmemRequest(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(LavaRateLimitShmemSize());
+	RequestNamedLWLockTranche(LAVA_LWLOCK_TRANCHE, LAVA_NUM_LWLOCKS);
+}
+
+/* Creates or attaches lava's shared memory structures. */
+static void
+LavaShmemStartup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LavaRateLimitShmemInit();
+}
+
+void
+_PG_init(void)
+{
+	if (IsBinaryUpgrade)
+		return;
+
+	if (!process_shared_preload_libraries_in_progress)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("lava must be loaded via shared_preload_libraries"),
+				 errdetail("lava keeps rate-limit state in shared memory and runs a background worker."),
+				 errhint("Add lava to shared_preload_libraries in postgresql.conf and restart the server.")));
+
+	DefineCustomStringVariable("lava.database",
+							   "Database the lava worker connects to.",
+							   NULL, &lava_database, "postgres",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lava.max_concurrency",
+							"Maximum number of upstream calls in flight.",
+							NULL, &lava_max_concurrency, 64, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lava.request_timeout",
+							"Timeout of one upstream call.",
+							NULL, &lava_request_timeout_ms, 60000, 100, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("lava.max_attempts",
+							"Attempts per request before it fails (retries for 429, 5xx and network errors).",
+							NULL, &lava_max_attempts, 3, 1, 100,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lava.request_ttl",
+							"Age after which finished request rows are purged; their accounting stays.",
+							NULL, &lava_request_ttl_s, 7 * 24 * 3600, 60, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("lava.max_rate_limited_keys",
+							"Number of keys with a rate_limit whose token buckets shared memory holds.",
+							NULL, &lava_max_rate_limited_keys, 10000, 16, 10000000,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("lava");
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = LavaShmemRequest;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = LavaShmemStartup;
+}

@@ -1,0 +1,37 @@
+/*-------------------------------------------------------------------------
+ *
+ * lava.h
+ *	  Declarations shared by lava's C files: settings, shared memory and the
+ *	  entry points each file offers to the others.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef LAVA_H
+#define LAVA_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "utils/uuid.h"
+
+/* settings (lava.c) */
+extern char *lava_database;
+extern int	lava_max_concurrency;
+extern int	lava_request_timeout_ms;
+extern int	lava_max_attempts;
+extern int	lava_request_ttl_s;
+extern int	lava_max_rate_limited_keys;
+
+/* rate limiting: token buckets in shared memory (ratelimit.c) */
+extern Size LavaRateLimitShmemSize(void);
+extern void LavaRateLimitShmemInit(void);
+extern double LavaTakeToken(const pg_uuid_t *key, int rpm, int burst,
+							TimestampTz now);
+
+/* the lock tranche that lava requests at start-up */
+#define LAVA_LWLOCK_TRANCHE "lava"
+#define LAVA_NUM_LWLOCKS 2
+#define LAVA_LOCK_BUCKETS 0
+#define LAVA_LOCK_STATE 1
+
+#endif							/* LAVA_H */
