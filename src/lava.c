@@ -12,6 +12,7 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -40,6 +41,7 @@ LavaShmemRequest(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(LavaRateLimitShmemSize());
+	RequestAddinShmemSpace(LavaStateShmemSize());
 	RequestNamedLWLockTranche(LAVA_LWLOCK_TRANCHE, LAVA_NUM_LWLOCKS);
 }
 
@@ -50,6 +52,26 @@ LavaShmemStartup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	LavaRateLimitShmemInit();
+	LavaStateShmemInit();
+}
+
+/* Registers the one static worker: it connects to lava.database. */
+static void
+RegisterLavaWorker(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "lava");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "LavaWorkerMain");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "lava worker");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "lava worker");
+	worker.bgw_main_arg = (Datum) 0;
+	worker.bgw_notify_pid = 0;
+	RegisterBackgroundWorker(&worker);
 }
 
 void
@@ -96,4 +118,7 @@ _PG_init(void)
 	shmem_request_hook = LavaShmemRequest;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = LavaShmemStartup;
+	LavaInstallUtilityHook();
+
+	RegisterLavaWorker();
 }

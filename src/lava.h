@@ -28,6 +28,24 @@ extern void LavaRateLimitShmemInit(void);
 extern double LavaTakeToken(const pg_uuid_t *key, int rpm, int burst,
 							TimestampTz now);
 
+/* the worker's shared state, its wake-ups and DROP DATABASE (state.c) */
+#define LAVA_LAST_ERROR_LEN 256
+extern Size LavaStateShmemSize(void);
+extern void LavaStateShmemInit(void);
+extern void LavaInstallUtilityHook(void);
+extern bool LavaStateBeginConnect(void);
+extern void LavaStateEndConnect(void);
+extern void LavaStateWorkerStarted(void);
+extern void LavaStateWorkerStopped(void);
+extern void LavaStateSetInFlight(int64 in_flight);
+extern void LavaStateAddCounts(int64 claimed, int64 completed, int64 failed);
+extern void LavaStateSetLastError(const char *message);
+extern bool LavaStateLeaveRequested(void);
+extern void LavaStateBumpGeneration(void);
+
+/* the background worker (worker.c) */
+extern PGDLLEXPORT void LavaWorkerMain(Datum main_arg);
+
 /* the lock tranche that lava requests at start-up */
 #define LAVA_LWLOCK_TRANCHE "lava"
 #define LAVA_NUM_LWLOCKS 2

@@ -26,6 +26,8 @@ trap 'exit 130' INT TERM
 echo "== starting a throwaway cluster on port $PORT and the mock upstream on $MOCK_PORT"
 cluster_start "$WORK" "$PORT" "lava.database = 'lava_it'" || exit 1
 mock_start "$WORK" "$MOCK_PORT" || exit 1
+# the database the worker serves (lava.database) for the integration tests
+psql -X -q -d postgres -c "CREATE DATABASE lava_it" && psql -X -q -d lava_it -c "CREATE EXTENSION lava" || exit 1
 
 passed=0
 failed=0

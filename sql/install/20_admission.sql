@@ -87,7 +87,7 @@ BEGIN
 		total_requests = s.total_requests + 1,
 		spend_period_start = sp_start,
 		period_spend = cur_spend,
-		reserved_spend = s.reserved_spend + COALESCE(reservation, 0),
+		reserved_spend = pg_catalog.trim_scale(s.reserved_spend + COALESCE(reservation, 0)),
 		last_used_at = at
 	WHERE s.spend_key_id = k.spend_key_id;
 	INSERT INTO lava.key_usage_daily AS d (spend_key_id, day, requests)
@@ -130,10 +130,10 @@ BEGIN
 	END IF;
 
 	UPDATE lava.spend_key_store s SET
-		reserved_spend = GREATEST(s.reserved_spend - COALESCE(reservation, 0), 0),
+		reserved_spend = pg_catalog.trim_scale(GREATEST(s.reserved_spend - COALESCE(reservation, 0), 0)),
 		spend_period_start = sp_start,
-		period_spend = cur_spend + CASE WHEN cost IS NOT NULL AND admitted_at >= sp_start THEN cost ELSE 0 END,
-		total_spend = s.total_spend + COALESCE(cost, 0)
+		period_spend = pg_catalog.trim_scale(cur_spend + CASE WHEN cost IS NOT NULL AND admitted_at >= sp_start THEN cost ELSE 0 END),
+		total_spend = pg_catalog.trim_scale(s.total_spend + COALESCE(cost, 0))
 	WHERE s.spend_key_id = id;
 
 	IF cost IS NOT NULL THEN
@@ -143,7 +143,7 @@ BEGIN
 		ON CONFLICT ON CONSTRAINT key_usage_daily_pkey DO UPDATE SET
 			input_tokens = d.input_tokens + EXCLUDED.input_tokens,
 			output_tokens = d.output_tokens + EXCLUDED.output_tokens,
-			cost = d.cost + EXCLUDED.cost;
+			cost = pg_catalog.trim_scale(d.cost + EXCLUDED.cost);
 	END IF;
 END
 $$;

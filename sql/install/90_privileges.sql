@@ -24,3 +24,29 @@ GRANT EXECUTE ON FUNCTION
 	lava._period_start(text, timestamptz),
 	lava._period_end(text, timestamptz)
 TO lava_admin, lava_user;
+
+-- catalog: lava_admin manages it; lava_user reads models (never providers' API keys)
+GRANT SELECT, INSERT, UPDATE, DELETE ON lava.providers, lava.models TO lava_admin;
+GRANT SELECT ON lava.models TO lava_user;
+
+-- traffic: the spend key is the capability
+GRANT EXECUTE ON FUNCTION
+	lava.prompt(text, text, jsonb, text),
+	lava.chat(jsonb, text),
+	lava.call(text, text, jsonb, text, text),
+	lava.search(text, text),
+	lava.login(jsonb),
+	lava.result(bigint),
+	lava.await(bigint, interval),
+	lava.cancel(bigint)
+TO lava_user, lava_admin;
+GRANT EXECUTE ON FUNCTION
+	lava.set_login_policy(regrole, jsonb),
+	lava.spend_key_usage(uuid, timestamptz, timestamptz),
+	lava._worker_state()
+TO lava_admin;
+
+-- requests: row-level security shows a role its own rows (lava_admin all);
+-- the view is security_invoker, so the reader needs SELECT on the table
+GRANT SELECT ON lava.request_store, lava.requests TO lava_user, lava_admin;
+GRANT SELECT ON lava.worker_status TO lava_admin;

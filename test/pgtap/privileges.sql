@@ -1,6 +1,6 @@
 -- privileges.sql: roles, grants, SECURITY DEFINER hygiene and dump registration.
 BEGIN;
-SELECT plan(22);
+SELECT plan(26);
 
 SELECT has_role('lava_admin', 'the extension creates lava_admin');
 SELECT has_role('lava_user', 'the extension creates lava_user');
@@ -32,6 +32,12 @@ SELECT ok(NOT has_table_privilege('lava_user', 'lava.spend_key_store', 'SELECT')
 SELECT ok(NOT has_table_privilege('lava_user', 'lava.key_usage_daily', 'SELECT'), 'lava_user cannot read the ledger');
 SELECT ok(NOT has_table_privilege('lava_user', 'lava.spend_keys', 'SELECT'), 'lava_user cannot read the key view');
 
+SELECT ok(NOT has_table_privilege('lava_user', 'lava.providers', 'SELECT'), 'lava_user cannot read providers (API keys)');
+SELECT ok(NOT has_table_privilege('lava_user', 'lava.login_policies', 'SELECT'), 'lava_user cannot read login policies');
+SELECT ok((SELECT relrowsecurity FROM pg_class WHERE oid = 'lava.request_store'::regclass),
+	'request rows are under row-level security');
+SELECT ok(has_table_privilege('lava_admin', 'lava.providers', 'SELECT'), 'lava_admin manages providers');
+
 -- lava_admin: the admin surface, through the view and functions only
 SELECT ok(has_function_privilege('lava_admin', 'lava.create_spend_key(jsonb)', 'EXECUTE'), 'lava_admin may create keys');
 SELECT ok(has_table_privilege('lava_admin', 'lava.spend_keys', 'SELECT'), 'lava_admin reads the view');
@@ -58,7 +64,7 @@ RESET ROLE;
 -- user data is dumped by pg_dump
 SELECT is((SELECT array_agg(c::regclass::text ORDER BY c::regclass::text) FROM pg_extension e, unnest(e.extconfig) c
 		   WHERE e.extname = 'lava'),
-	ARRAY['lava.key_usage_daily', 'lava.spend_key_store'], 'tables holding user data are marked for pg_dump');
+	ARRAY['lava.key_usage_daily', 'lava.login_policies', 'lava.models', 'lava.providers', 'lava.request_store', 'lava.spend_key_store'], 'tables holding user data are marked for pg_dump');
 
 SELECT * FROM finish();
 ROLLBACK;

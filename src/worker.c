@@ -1,0 +1,971 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  lava's background worker: one process, connected to lava.database,
+ *	  that takes queued requests to the upstream providers and records what
+ *	  they answer.
+ *
+ * The loop follows worker_spi's skeleton, with a WaitEventSet that also
+ * watches the HTTP client's epoll fd (src/http.h).  Each turn:
+ *
+ *	  1. drives curl and takes every finished call;
+ *	  2. records them in one short transaction: lava._complete(arrays);
+ *	  3. while fewer than lava.max_concurrency calls are in flight, claims
+ *		 more in one short transaction (lava._claim, lava._next_due) and,
+ *		 after commit, hands them to curl;
+ *	  4. about once a minute purges old rows: lava._purge;
+ *	  5. sleeps until its latch is set (an enqueue committed), a socket is
+ *		 ready, curl's deadline, the next due request, or one second.
+ *
+ * No HTTP call is made, and nothing waits, inside a transaction; no
+ * transaction or lock is held between steps, so DROP EXTENSION waits at
+ * most for one short step.  When the extension is absent the worker calls
+ * none of its functions and checks again every few seconds.  A request
+ * left 'running' by a worker that died is settled by lava._worker_recover
+ * when the next one starts.
+ *
+ * Request headers carry the providers' API keys: they are wiped once curl
+ * has copied them, and neither they nor any body are ever logged.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+#include <math.h>
+
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/backend_status.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "http.h"
+#include "lava.h"
+
+#define CLAIM_MAX 1000			/* most requests claimed per transaction */
+#define BATCH_MAX 1000			/* most results recorded per transaction */
+#define BATCH_MAX_BYTES ((Size) 64 * 1024 * 1024)	/* and their body bytes */
+#define IDLE_WAIT_MS 1000		/* slow fallback when nothing is due */
+#define NO_EXTENSION_WAIT_MS 5000	/* re-check for CREATE EXTENSION */
+#define ERROR_BACKOFF_MS 1000	/* no transaction this soon after an error */
+#define PURGE_INTERVAL_MS 60000
+#define MIN_DUE_WAIT_MS 100	/* "due now", yet _claim skipped it (locked) */
+#define DATABASE_POLL_MS 1000	/* waiting for lava.database to exist */
+
+/* A request claimed by lava._claim, copied out of SPI, not yet submitted. */
+typedef struct Claimed
+{
+	int64		id;
+	char	   *method;
+	char	   *url;
+	char	  **headers;		/* "Name: value"; hold API keys */
+	int			nheaders;
+	char	   *body;			/* NULL when none */
+	Size		body_len;
+	int			timeout_ms;
+} Claimed;
+
+/* The outcome of one upstream call, waiting for lava._complete. */
+typedef struct Outcome
+{
+	int64		id;
+	int32		http_status;	/* 0 when no answer arrived */
+	text	   *body;			/* NULL when none */
+	char	   *error;			/* NULL when none */
+	double		retry_after;	/* seconds, < 0 when none */
+} Outcome;
+
+typedef enum StepResult
+{
+	STEP_DONE,					/* committed */
+	STEP_NO_EXTENSION,			/* lava is not installed: nothing was done */
+	STEP_FAILED					/* rolled back; the error was logged */
+} StepResult;
+
+/* What a step does inside its transaction, with SPI connected. */
+typedef void (*StepFunction) (void *arg);
+
+typedef struct ClaimWork
+{
+	int			want;			/* in: how many to claim */
+	Claimed    *rows;			/* out, in LoopContext */
+	int			nrows;
+	double		next_due;		/* out: seconds, < 0 when nothing is queued */
+} ClaimWork;
+
+typedef struct CompleteWork
+{
+	Outcome    *items;			/* in */
+	int			n;
+	int64		completed;		/* out */
+	int64		failed;
+	int64		requeued;
+} CompleteWork;
+
+static LavaHttp *Http = NULL;
+static WaitEventSet *WaitSet = NULL;
+static MemoryContext LoopContext = NULL;	/* reset every turn */
+static MemoryContext OutcomeContext = NULL; /* reset once all are recorded */
+static Outcome *Outcomes = NULL;
+static int	NumOutcomes = 0;
+static int	MaxOutcomes = 0;
+static bool ExtensionPresent = true;	/* as the last step found it */
+static bool NeedRecover = true; /* lava._worker_recover not run yet */
+static TimestampTz BackoffUntil = 0;
+static bool ClaimWanted = true;	/* due requests may be waiting */
+static TimestampTz NextClaimAt = 0; /* look at the queue by then anyway */
+static TimestampTz LastPurge = 0;
+static int64 ReportedInFlight = -1;
+
+/* Frees the HTTP client and clears the shared state when the worker exits. */
+static void
+WorkerExit(int code, Datum arg)
+{
+	if (Http != NULL)
+	{
+		LavaHttpDestroy(Http);
+		Http = NULL;
+	}
+	LavaStateWorkerStopped();
+}
+
+/* Creates the HTTP client and the wait set: latch, postmaster death, curl. */
+static void
+StartHttp(void)
+{
+	Http = LavaHttpCreate();
+	if (Http == NULL)
+		ereport(FATAL,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("lava worker could not create its HTTP client")));
+	WaitSet = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(WaitSet, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(WaitSet, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(WaitSet, WL_SOCKET_READABLE, LavaHttpEventFd(Http), NULL, NULL);
+}
+
+/* Drops every call in flight by replacing the HTTP client. */
+static void
+RestartHttp(void)
+{
+	FreeWaitEventSet(WaitSet);
+	WaitSet = NULL;
+	LavaHttpDestroy(Http);
+	Http = NULL;
+	StartHttp();
+}
+
+/* Forgets every outcome not yet recorded. */
+static void
+ResetOutcomes(void)
+{
+	MemoryContextReset(OutcomeContext);
+	Outcomes = NULL;
+	NumOutcomes = 0;
+	MaxOutcomes = 0;
+}
+
+/* Queues an outcome for lava._complete, copying body and error. */
+static void
+AddOutcome(int64 id, int32 http_status, const char *body, Size body_len,
+		   const char *error, double retry_after)
+{
+	MemoryContext old = MemoryContextSwitchTo(OutcomeContext);
+	Outcome    *o;
+
+	if (NumOutcomes == MaxOutcomes)
+	{
+		MaxOutcomes = MaxOutcomes == 0 ? 64 : MaxOutcomes * 2;
+		Outcomes = Outcomes == NULL ? palloc(sizeof(Outcome) * MaxOutcomes) :
+			repalloc(Outcomes, sizeof(Outcome) * MaxOutcomes);
+	}
+	o = &Outcomes[NumOutcomes++];
+	o->id = id;
+	o->http_status = http_status;
+	o->body = body != NULL ? cstring_to_text_with_len(body, body_len) : NULL;
+	o->error = error != NULL ? pstrdup(error) : NULL;
+	o->retry_after = retry_after;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Takes every finished call from curl.  A body becomes valid text or is
+ * dropped with an error; a transport error goes with http_status 0.
+ */
+static void
+TakeResults(void)
+{
+	LavaHttpResult r;
+
+	while (LavaHttpNextResult(Http, &r))
+	{
+		const char *body = NULL;
+		Size		len = 0;
+		const char *error = NULL;
+		int32		status = (int32) r.http_status;
+
+		if (r.curl_code != 0)
+		{
+			status = 0;
+			error = r.error[0] != '\0' ? r.error : "upstream call failed";
+			if (!pg_verifymbstr(error, strlen(error), true))
+				error = "upstream call failed";
+		}
+		else if (r.body != NULL)
+		{
+			len = strnlen(r.body, r.body_len);
+			if (pg_verifymbstr(r.body, len, true))
+				body = r.body;
+			else
+				error = "upstream body is not valid UTF-8";
+		}
+		AddOutcome((int64) r.id, status, body, len, error, r.retry_after);
+		LavaHttpResultFree(&r);
+	}
+}
+
+/*
+ * The extension is gone: its requests went with it, so drop the calls in
+ * flight and the unrecorded outcomes, and recover when it comes back.
+ */
+static void
+ExtensionGone(void)
+{
+	if (LavaHttpInFlight(Http) > 0 || NumOutcomes > 0)
+		ereport(LOG,
+				(errmsg("lava worker dropped %d upstream calls because extension lava is gone",
+						LavaHttpInFlight(Http) + NumOutcomes)));
+	if (LavaHttpInFlight(Http) > 0)
+		RestartHttp();
+	ResetOutcomes();
+	NeedRecover = true;
+	/* until woken, look again after a while */
+	ClaimWanted = false;
+	NextClaimAt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), NO_EXTENSION_WAIT_MS);
+}
+
+/*
+ * True when extension lava exists.  It then holds a share lock on the
+ * extension until commit, so that DROP EXTENSION cannot remove the
+ * functions this step is about to call (it waits for the step instead).
+ */
+static bool
+ExtensionReady(void)
+{
+	Oid			ext = get_extension_oid("lava", true);
+
+	if (!OidIsValid(ext))
+		return false;
+	LockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock);
+	/* it may have been dropped while we waited for the lock */
+	return get_extension_oid("lava", true) == ext;
+}
+
+/*
+ * Runs fn in one transaction with SPI connected and a snapshot pushed,
+ * unless the extension is missing (see ExtensionGone).  An error is
+ * logged, stored as the last error and rolled back; transactions then
+ * pause for a second.
+ */
+static StepResult
+RunStep(const char *activity, StepFunction fn, void *arg)
+{
+	volatile StepResult result = STEP_DONE;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("lava worker could not connect to SPI")));
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, activity);
+		if (ExtensionReady())
+			fn(arg);
+		else
+			result = STEP_NO_EXTENSION;
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(LoopContext);
+		EmitErrorReport();
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		RESUME_INTERRUPTS();
+		LavaStateSetLastError(edata->message);
+		FreeErrorData(edata);
+		BackoffUntil = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												   ERROR_BACKOFF_MS);
+		result = STEP_FAILED;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(LoopContext);
+	pgstat_report_stat(true);
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	if (result == STEP_NO_EXTENSION)
+		ExtensionGone();
+	if (result != STEP_FAILED)
+		ExtensionPresent = result == STEP_DONE;
+	return result;
+}
+
+/* Errors out unless SPI returned the expected code. */
+static void
+CheckSpi(int ret, int expected, const char *what)
+{
+	if (ret != expected)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("lava worker: %s failed: %s", what, SPI_result_code_string(ret))));
+}
+
+/* Errors out unless the result's columns have the types the worker reads. */
+static void
+CheckColumns(TupleDesc desc, const Oid *types, int ntypes, const char *what)
+{
+	int			i;
+
+	if (desc->natts != ntypes)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("%s returned %d columns, the worker expects %d",
+						what, desc->natts, ntypes)));
+	for (i = 0; i < ntypes; i++)
+	{
+		if (SPI_gettypeid(desc, i + 1) != types[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column %d of %s has type %s, the worker expects %s",
+							i + 1, what, format_type_be(SPI_gettypeid(desc, i + 1)),
+							format_type_be(types[i]))));
+	}
+}
+
+/* An integer column of the first result row (int2, int4 or int8); 0 if NULL. */
+static int64
+ResultInt(int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull);
+
+	if (isnull)
+		return 0;
+	switch (SPI_gettypeid(SPI_tuptable->tupdesc, col))
+	{
+		case INT2OID:
+			return DatumGetInt16(d);
+		case INT4OID:
+			return DatumGetInt32(d);
+		case INT8OID:
+			return DatumGetInt64(d);
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column %d of a lava function result is not an integer", col)));
+	}
+	return 0;					/* keep the compiler quiet */
+}
+
+/* Copies a text datum into LoopContext, NUL-terminated. */
+static char *
+CopyText(Datum d, Size *len)
+{
+	text	   *t = DatumGetTextPP(d);
+	Size		n = VARSIZE_ANY_EXHDR(t);
+	char	   *s = MemoryContextAlloc(LoopContext, n + 1);
+
+	memcpy(s, VARDATA_ANY(t), n);
+	s[n] = '\0';
+	if (len != NULL)
+		*len = n;
+	return s;
+}
+
+/* Copies one row of lava._claim into c (in LoopContext). */
+static void
+CopyClaimed(HeapTuple tup, TupleDesc desc, Claimed *c)
+{
+	bool		isnull;
+	Datum		d;
+
+	memset(c, 0, sizeof(*c));
+	d = SPI_getbinval(tup, desc, 1, &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("lava._claim returned a NULL request_id")));
+	c->id = DatumGetInt64(d);
+
+	d = SPI_getbinval(tup, desc, 2, &isnull);
+	c->method = isnull ? NULL : CopyText(d, NULL);
+
+	d = SPI_getbinval(tup, desc, 3, &isnull);
+	c->url = isnull ? MemoryContextStrdup(LoopContext, "") : CopyText(d, NULL);
+
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	if (!isnull)
+	{
+		Datum	   *elems;
+		bool	   *nulls;
+		int			n;
+		int			i;
+
+		deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false,
+						  TYPALIGN_INT, &elems, &nulls, &n);
+		c->headers = MemoryContextAlloc(LoopContext, sizeof(char *) * Max(n, 1));
+		for (i = 0; i < n; i++)
+		{
+			if (!nulls[i])
+				c->headers[c->nheaders++] = CopyText(elems[i], NULL);
+		}
+	}
+
+	d = SPI_getbinval(tup, desc, 5, &isnull);
+	c->body = isnull ? NULL : CopyText(d, &c->body_len);
+
+	d = SPI_getbinval(tup, desc, 6, &isnull);
+	c->timeout_ms = isnull ? lava_request_timeout_ms : DatumGetInt32(d);
+}
+
+/* The claim step: lava._claim($1) and lava._next_due(). */
+static void
+ClaimStep(void *arg)
+{
+	static const Oid claim_types[] = {INT8OID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTOID, INT4OID};
+	ClaimWork  *w = (ClaimWork *) arg;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1];
+	bool		isnull;
+	Datum		d;
+	uint64		i;
+
+	values[0] = Int32GetDatum(w->want);
+	CheckSpi(SPI_execute_with_args("SELECT request_id, method, url, headers, body, timeout_ms "
+								   "FROM lava._claim($1::int)",
+								   1, argtypes, values, NULL, false, 0),
+			 SPI_OK_SELECT, "lava._claim");
+	CheckColumns(SPI_tuptable->tupdesc, claim_types, lengthof(claim_types), "lava._claim");
+	w->rows = MemoryContextAlloc(LoopContext, sizeof(Claimed) * Max(SPI_processed, 1));
+	for (i = 0; i < SPI_processed; i++)
+		CopyClaimed(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &w->rows[i]);
+	w->nrows = (int) SPI_processed;
+
+	CheckSpi(SPI_execute_with_args("SELECT lava._next_due()", 0, NULL, NULL, NULL, false, 1),
+			 SPI_OK_SELECT, "lava._next_due");
+	w->next_due = -1;
+	if (SPI_processed == 1 && SPI_gettypeid(SPI_tuptable->tupdesc, 1) == FLOAT8OID)
+	{
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+			w->next_due = Max(DatumGetFloat8(d), 0.0);
+	}
+}
+
+/* The record step: lava._complete with one array per field. */
+static void
+CompleteStep(void *arg)
+{
+	CompleteWork *w = (CompleteWork *) arg;
+	Oid			argtypes[5] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID};
+	Datum		values[5];
+	Datum	   *ids = palloc(sizeof(Datum) * w->n);
+	Datum	   *statuses = palloc(sizeof(Datum) * w->n);
+	Datum	   *bodies = palloc(sizeof(Datum) * w->n);
+	Datum	   *errors = palloc(sizeof(Datum) * w->n);
+	Datum	   *retries = palloc(sizeof(Datum) * w->n);
+	bool	   *body_nulls = palloc(sizeof(bool) * w->n);
+	bool	   *error_nulls = palloc(sizeof(bool) * w->n);
+	bool	   *retry_nulls = palloc(sizeof(bool) * w->n);
+	int			dims[1] = {w->n};
+	int			lbs[1] = {1};
+	int			i;
+
+	for (i = 0; i < w->n; i++)
+	{
+		Outcome    *o = &w->items[i];
+
+		ids[i] = Int64GetDatum(o->id);
+		statuses[i] = Int32GetDatum(o->http_status);
+		body_nulls[i] = o->body == NULL;
+		bodies[i] = PointerGetDatum(o->body);
+		error_nulls[i] = o->error == NULL;
+		errors[i] = o->error != NULL ? CStringGetTextDatum(o->error) : (Datum) 0;
+		retry_nulls[i] = o->retry_after < 0;
+		retries[i] = Float8GetDatum(o->retry_after);
+	}
+	values[0] = PointerGetDatum(construct_md_array(ids, NULL, 1, dims, lbs, INT8OID,
+												   sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_md_array(statuses, NULL, 1, dims, lbs, INT4OID,
+												   sizeof(int32), true, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_md_array(bodies, body_nulls, 1, dims, lbs, TEXTOID,
+												   -1, false, TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_md_array(errors, error_nulls, 1, dims, lbs, TEXTOID,
+												   -1, false, TYPALIGN_INT));
+	values[4] = PointerGetDatum(construct_md_array(retries, retry_nulls, 1, dims, lbs, FLOAT8OID,
+												   sizeof(float8), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+
+	CheckSpi(SPI_execute_with_args("SELECT completed, failed, requeued "
+								   "FROM lava._complete($1::bigint[], $2::int[], $3::text[], "
+								   "$4::text[], $5::float8[])",
+								   5, argtypes, values, NULL, false, 0),
+			 SPI_OK_SELECT, "lava._complete");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_CARDINALITY_VIOLATION),
+				 errmsg("lava._complete returned " UINT64_FORMAT " rows, the worker expects 1",
+						SPI_processed)));
+	w->completed = ResultInt(1);
+	w->failed = ResultInt(2);
+	w->requeued = ResultInt(3);
+}
+
+/* The recovery step: lava._worker_recover(). */
+static void
+RecoverStep(void *arg)
+{
+	CheckSpi(SPI_execute_with_args("SELECT lava._worker_recover()", 0, NULL, NULL, NULL, false, 1),
+			 SPI_OK_SELECT, "lava._worker_recover");
+	*(int64 *) arg = SPI_processed == 1 ? ResultInt(1) : 0;
+}
+
+/* The purge step: lava._purge(lava.request_ttl). */
+static void
+PurgeStep(void *arg)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1];
+
+	values[0] = Int32GetDatum(lava_request_ttl_s);
+	CheckSpi(SPI_execute_with_args("SELECT lava._purge($1::int)", 1, argtypes, values, NULL, false, 1),
+			 SPI_OK_SELECT, "lava._purge");
+	*(int64 *) arg = SPI_processed == 1 ? ResultInt(1) : 0;
+}
+
+/* Updates the counters and wakes lava.await after a committed _complete. */
+static void
+AfterComplete(const CompleteWork *w)
+{
+	LavaStateAddCounts(0, w->completed, w->failed);
+	if (w->completed + w->failed > 0)
+		LavaStateBumpGeneration();
+	if (w->requeued > 0)
+		ClaimWanted = true;		/* for their next due time */
+	if (w->failed > 0)
+	{
+		const char *error = NULL;
+		int32		status = 0;
+		int			i;
+		char		msg[LAVA_LAST_ERROR_LEN];
+
+		for (i = 0; i < w->n; i++)
+		{
+			if (w->items[i].error != NULL)
+				error = w->items[i].error;
+			else if (w->items[i].http_status < 200 || w->items[i].http_status > 299)
+				status = w->items[i].http_status;
+		}
+		if (error != NULL)
+			snprintf(msg, sizeof(msg), INT64_FORMAT " requests failed; last upstream error: %s",
+					 w->failed, error);
+		else if (status != 0)
+			snprintf(msg, sizeof(msg), INT64_FORMAT " requests failed; last upstream HTTP status: %d",
+					 w->failed, status);
+		else
+			snprintf(msg, sizeof(msg), INT64_FORMAT " requests failed", w->failed);
+		LavaStateSetLastError(msg);
+	}
+}
+
+/* Records n outcomes in one transaction. */
+static StepResult
+CompleteBatch(Outcome *items, int n)
+{
+	CompleteWork w;
+	StepResult	r;
+
+	memset(&w, 0, sizeof(w));
+	w.items = items;
+	w.n = n;
+	r = RunStep("lava worker: recording results", CompleteStep, &w);
+	if (r == STEP_DONE)
+		AfterComplete(&w);
+	return r;
+}
+
+/*
+ * Records a batch.  When the batch fails, each outcome is tried alone, so
+ * that one the SQL side cannot take does not lose the others; one that
+ * still fails is recorded as a bare error.  If even that fails, the rest
+ * is dropped: those requests stay 'running' until the worker restarts.
+ */
+static StepResult
+RecordBatch(Outcome *items, int n)
+{
+	StepResult	r = CompleteBatch(items, n);
+	int			i;
+
+	if (r != STEP_FAILED)
+		return r;
+	for (i = 0; i < n; i++)
+	{
+		Outcome		bare;
+
+		if (n > 1)
+		{
+			r = CompleteBatch(&items[i], 1);
+			if (r == STEP_NO_EXTENSION)
+				return r;
+			if (r == STEP_DONE)
+				continue;
+		}
+		bare.id = items[i].id;
+		bare.http_status = 0;
+		bare.body = NULL;
+		bare.error = "lava could not record the upstream answer";
+		bare.retry_after = -1;
+		r = CompleteBatch(&bare, 1);
+		if (r == STEP_NO_EXTENSION)
+			return r;
+		if (r == STEP_FAILED)
+		{
+			ereport(WARNING,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("lava worker dropped %d results it could not record", n - i),
+					 errdetail("Their requests stay 'running' until the worker restarts.")));
+			return r;
+		}
+	}
+	return STEP_DONE;
+}
+
+/* Records every outcome taken so far, in batches of BATCH_MAX / BATCH_MAX_BYTES. */
+static void
+RecordOutcomes(void)
+{
+	int			start = 0;
+
+	while (start < NumOutcomes)
+	{
+		int			n = 0;
+		Size		bytes = 0;
+
+		while (start + n < NumOutcomes && n < BATCH_MAX)
+		{
+			Outcome    *o = &Outcomes[start + n];
+			Size		size = o->body != NULL ? VARSIZE(o->body) : 0;
+
+			if (n > 0 && bytes + size > BATCH_MAX_BYTES)
+				break;
+			bytes += size;
+			n++;
+		}
+		if (RecordBatch(&Outcomes[start], n) == STEP_NO_EXTENSION)
+			return;				/* ExtensionGone dropped them all */
+		start += n;
+	}
+	ResetOutcomes();
+}
+
+/* Settles what a previous worker left 'running'; nothing is in flight yet. */
+static void
+Recover(void)
+{
+	int64		n = 0;
+
+	if (RunStep("lava worker: recovering", RecoverStep, &n) != STEP_DONE)
+		return;
+	NeedRecover = false;
+	if (n > 0)
+	{
+		ereport(LOG,
+				(errmsg("lava worker requeued or failed " INT64_FORMAT " requests left running by a previous worker", n)));
+		LavaStateBumpGeneration();
+	}
+}
+
+/* Hands one claimed request to curl; a refusal becomes an outcome. */
+static void
+Submit(Claimed *c)
+{
+	LavaHttpRequest req;
+	char		err[256];
+	int			i;
+
+	memset(&req, 0, sizeof(req));
+	req.id = c->id;
+	req.method = c->method;
+	req.url = c->url;
+	req.headers = (const char *const *) c->headers;
+	req.nheaders = c->nheaders;
+	req.body = c->body;
+	req.body_len = c->body_len;
+	req.timeout_ms = c->timeout_ms;
+	if (LavaHttpSubmit(Http, &req, err, sizeof(err)) != 0)
+	{
+		char		msg[sizeof(err) + 64];
+
+		snprintf(msg, sizeof(msg), "could not start the upstream call: %s", err);
+		AddOutcome(c->id, 0, NULL, 0, msg, -1);
+	}
+	/* curl has its own copy now; these hold API keys */
+	for (i = 0; i < c->nheaders; i++)
+		explicit_bzero(c->headers[i], strlen(c->headers[i]));
+}
+
+/*
+ * Claims as many requests as there is room for and submits them.  Then
+ * ClaimWanted says whether more may be waiting (_claim gave all it was
+ * asked), and NextClaimAt when to look again: when the next queued request
+ * is due, or after IDLE_WAIT_MS.
+ */
+static void
+ClaimAndSubmit(void)
+{
+	ClaimWork	w;
+	double		wait_ms = IDLE_WAIT_MS;
+	int			i;
+
+	memset(&w, 0, sizeof(w));
+	w.want = Min(lava_max_concurrency - LavaHttpInFlight(Http), CLAIM_MAX);
+	if (w.want <= 0)
+		return;					/* a finished call makes room */
+	if (RunStep("lava worker: claiming requests", ClaimStep, &w) != STEP_DONE)
+		return;
+
+	if (w.next_due >= 0)
+		wait_ms = Min(wait_ms, Max(ceil(w.next_due * 1000.0), MIN_DUE_WAIT_MS));
+	NextClaimAt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (long) wait_ms);
+	ClaimWanted = w.nrows == w.want;
+	if (w.nrows > 0)
+		LavaStateAddCounts(w.nrows, 0, 0);
+	for (i = 0; i < w.nrows; i++)
+		Submit(&w.rows[i]);
+}
+
+/* Purges old finished requests. */
+static void
+Purge(void)
+{
+	int64		n = 0;
+
+	LastPurge = GetCurrentTimestamp();
+	if (RunStep("lava worker: purging", PurgeStep, &n) == STEP_DONE && n > 0)
+		ereport(DEBUG1,
+				(errmsg_internal("lava worker purged " INT64_FORMAT " old requests", n)));
+}
+
+/* True while transactions pause after an error. */
+static bool
+InBackoff(void)
+{
+	return BackoffUntil != 0 && GetCurrentTimestamp() < BackoffUntil;
+}
+
+/*
+ * True when pg_database has the database.  Without a database only shared
+ * catalogs can be read, and only by heap scan (as the autovacuum launcher
+ * does): an index scan would read pg_class.
+ */
+static bool
+DatabaseExists(const char *dbname)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	bool		found = false;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (!found && (tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+		found = strcmp(NameStr(((Form_pg_database) GETSTRUCT(tup))->datname), dbname) == 0;
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return found;
+}
+
+/*
+ * The previous worker could not connect to lava.database, which is probably
+ * missing: connect to no database, look for it every few seconds, and exit
+ * (to be restarted, connected) once it exists.  Never returns.
+ */
+static void
+WaitForDatabase(void)
+{
+	char		msg[LAVA_LAST_ERROR_LEN];
+
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname("lava worker");
+	snprintf(msg, sizeof(msg), "could not connect to database \"%s\"", lava_database);
+	LavaStateSetLastError(msg);
+	ereport(LOG,
+			(errmsg("lava worker is waiting for database \"%s\" to exist", lava_database)));
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (DatabaseExists(lava_database))
+		{
+			LavaStateEndConnect();
+			ereport(LOG,
+					(errmsg("lava worker found database \"%s\" and restarts to connect to it",
+							lava_database)));
+			proc_exit(1);
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 DATABASE_POLL_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/* How long the loop may sleep: until the first thing that will be due. */
+static long
+NextTimeout(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		timeout = ExtensionPresent ? IDLE_WAIT_MS : NO_EXTENSION_WAIT_MS;
+	long		http_ms = LavaHttpTimeoutMs(Http);
+
+	if (http_ms >= 0)
+		timeout = Min(timeout, http_ms);
+	if (BackoffUntil > now)
+		return Min(timeout, Max(1, TimestampDifferenceMilliseconds(now, BackoffUntil)));
+	if (NumOutcomes > 0)
+		return 0;
+	if (LavaHttpInFlight(Http) < lava_max_concurrency)
+	{
+		if (ClaimWanted || NextClaimAt <= now)
+			return 0;
+		timeout = Min(timeout, TimestampDifferenceMilliseconds(now, NextClaimAt));
+	}
+	return timeout;
+}
+
+/* Sleeps up to timeout ms for the latch, a curl socket or postmaster death. */
+static void
+WaitForWork(long timeout)
+{
+	WaitEvent	events[3];
+	int			n;
+	int			i;
+
+	n = WaitEventSetWait(WaitSet, timeout, events, lengthof(events), PG_WAIT_EXTENSION);
+	for (i = 0; i < n; i++)
+	{
+		if (events[i].events & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			ClaimWanted = true; /* an enqueue may have committed */
+		}
+	}
+}
+
+/* The worker's entry point (bgw_function_name). */
+void
+LavaWorkerMain(Datum main_arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	if (LavaStateBeginConnect())
+		WaitForDatabase();
+	BackgroundWorkerInitializeConnection(lava_database, NULL, 0);
+	LavaStateWorkerStarted();
+	before_shmem_exit(WorkerExit, (Datum) 0);
+	pgstat_report_appname("lava worker");
+
+	LoopContext = AllocSetContextCreate(TopMemoryContext, "lava worker loop",
+										ALLOCSET_DEFAULT_SIZES);
+	OutcomeContext = AllocSetContextCreate(TopMemoryContext, "lava worker results",
+										   ALLOCSET_DEFAULT_SIZES);
+	StartHttp();
+	LastPurge = GetCurrentTimestamp();
+	ereport(LOG,
+			(errmsg("lava worker started on database \"%s\"", lava_database)));
+
+	for (;;)
+	{
+		int64		in_flight;
+
+		MemoryContextReset(LoopContext);
+		MemoryContextSwitchTo(LoopContext);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (LavaStateLeaveRequested())
+		{
+			ereport(LOG,
+					(errmsg("lava worker is leaving database \"%s\" for a command that needs it alone",
+							lava_database)));
+			proc_exit(1);
+		}
+
+		LavaHttpDrive(Http);
+		TakeResults();
+
+		if (NumOutcomes > 0 && !InBackoff())
+			RecordOutcomes();
+		if ((ClaimWanted || GetCurrentTimestamp() >= NextClaimAt) && !InBackoff())
+		{
+			if (NeedRecover)
+				Recover();
+			if (!NeedRecover && !InBackoff())
+				ClaimAndSubmit();
+		}
+		if (ExtensionPresent && !InBackoff() &&
+			TimestampDifferenceExceeds(LastPurge, GetCurrentTimestamp(), PURGE_INTERVAL_MS))
+			Purge();
+
+		in_flight = LavaHttpInFlight(Http);
+		if (in_flight != ReportedInFlight)
+		{
+			LavaStateSetInFlight(in_flight);
+			ReportedInFlight = in_flight;
+		}
+
+		WaitForWork(NextTimeout());
+	}
+}
