@@ -42,6 +42,7 @@
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "common/jsonapi.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
@@ -212,8 +213,23 @@ AddOutcome(int64 id, int32 http_status, const char *body, Size body_len,
 }
 
 /*
- * Takes every finished call from curl.  A body becomes valid text or is
- * dropped with an error; a transport error goes with http_status 0.
+ * True when a body is valid UTF-8 holding one JSON value.  Checked here,
+ * without throwing, so that lava._complete can cast every body to jsonb.
+ */
+static bool
+IsJsonText(char *body, Size len)
+{
+	JsonLexContext *lex;
+
+	if (!pg_verifymbstr(body, len, true))
+		return false;
+	lex = makeJsonLexContextCstringLen(body, len, GetDatabaseEncoding(), false);
+	return pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
+}
+
+/*
+ * Takes every finished call from curl.  A body that is not JSON is
+ * dropped (NULL); a transport error goes with http_status 0.
  */
 static void
 TakeResults(void)
@@ -237,10 +253,14 @@ TakeResults(void)
 		else if (r.body != NULL)
 		{
 			len = strnlen(r.body, r.body_len);
-			if (pg_verifymbstr(r.body, len, true))
-				body = r.body;
+			if (!IsJsonText(r.body, len))
+			{
+				/* lava._complete reads a missing body as "not JSON" */
+				body = NULL;
+				len = 0;
+			}
 			else
-				error = "upstream body is not valid UTF-8";
+				body = r.body;
 		}
 		AddOutcome((int64) r.id, status, body, len, error, r.retry_after);
 		LavaHttpResultFree(&r);

@@ -83,8 +83,6 @@ CREATE TABLE lava.request_store (
 );
 CREATE INDEX request_store_queue_idx ON lava.request_store (next_attempt_at, request_id)
 	WHERE status = 'queued';
-CREATE INDEX request_store_running_idx ON lava.request_store (request_id)
-	WHERE status = 'running';
 CREATE INDEX request_store_finished_idx ON lava.request_store (completed_at)
 	WHERE status IN ('completed', 'error', 'cancelled');
 COMMENT ON TABLE lava.request_store IS

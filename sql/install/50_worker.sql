@@ -8,24 +8,66 @@ LANGUAGE sql STABLE
 AS $$ SELECT (EXTRACT(epoch FROM pg_catalog.current_setting(name)::interval) * 1000)::integer $$;
 COMMENT ON FUNCTION lava._setting_ms(text) IS 'internal: a time setting in milliseconds';
 
--- Claims up to max_n due requests for sending: FOR UPDATE SKIP LOCKED, so a
--- request being cancelled is skipped.  A request whose key was revoked,
--- paused or expired since enqueue is cancelled here; one whose key has no
--- rate-limit token is put back until its token is due; the rest become
--- 'running' (one more attempt) and are returned with their URL, headers
--- (holding the provider's API key) and body.
+-- The request headers of a provider: JSON content, its credentials in its
+-- shape's header, and its extra headers.
+CREATE FUNCTION lava._headers(shape text, api_key text, extra jsonb)
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+AS $$
+	SELECT ARRAY['Content-Type: application/json']
+		|| CASE WHEN shape = 'anthropic' THEN
+				CASE WHEN api_key IS NOT NULL THEN ARRAY['x-api-key: ' || api_key] ELSE '{}'::text[] END
+				|| CASE WHEN NOT extra ? 'anthropic-version' THEN ARRAY['anthropic-version: 2023-06-01'] ELSE '{}'::text[] END
+		   ELSE CASE WHEN api_key IS NOT NULL THEN ARRAY['Authorization: Bearer ' || api_key] ELSE '{}'::text[] END
+		   END
+		|| ARRAY(SELECT e.key || ': ' || e.value FROM pg_catalog.jsonb_each_text(extra) e ORDER BY e.key)
+$$;
+COMMENT ON FUNCTION lava._headers(text, text, jsonb) IS 'internal: the upstream request headers of a provider';
+
+-- Claims up to max_n due requests for sending, oldest first, with FOR
+-- UPDATE SKIP LOCKED (a request being cancelled is skipped).  The common
+-- case (usable key without a rate limit, enabled provider) is one set-based
+-- UPDATE.  The rest go one by one: a request whose key was revoked, paused
+-- or expired since enqueue is cancelled; one for a disabled provider fails;
+-- one whose key has no rate-limit token is put back until its token is due,
+-- behind the key's earlier requests.  Claimed requests become 'running'
+-- (one more attempt) and are returned with URL, headers (holding the
+-- provider's API key) and body.
 CREATE FUNCTION lava._claim(max_n integer)
 RETURNS TABLE (request_id bigint, method text, url text, headers text[], body text, timeout_ms integer)
 LANGUAGE plpgsql VOLATILE
 AS $$
+#variable_conflict use_column
 DECLARE
 	r record;
 	now_ts timestamptz := pg_catalog.clock_timestamp();
 	wait double precision;
 	timeout integer := lava._setting_ms('lava.request_timeout');
+	picked bigint[];
 	waiting jsonb := '{}';		-- per paced key: [seconds to its next token, requests already put behind it]
-	h text[];
 BEGIN
+	SELECT pg_catalog.array_agg(c.request_id) INTO picked
+	FROM (SELECT q.request_id FROM lava.request_store q
+		  WHERE q.status = 'queued' AND q.next_attempt_at <= now_ts
+		  ORDER BY q.next_attempt_at, q.request_id
+		  LIMIT max_n
+		  FOR UPDATE SKIP LOCKED) c;
+	IF picked IS NULL THEN
+		RETURN;
+	END IF;
+
+	RETURN QUERY
+	UPDATE lava.request_store s
+	SET status = 'running', attempts = s.attempts + 1, started_at = COALESCE(s.started_at, now_ts)
+	FROM lava.spend_key_store k,
+		 (SELECT pr.name, pr.base_url, lava._headers(pr.request_shape, pr.api_key, pr.headers) AS h
+		  FROM lava.providers pr WHERE pr.enabled) p
+	WHERE s.request_id = ANY (picked)
+	  AND k.spend_key_id = s.spend_key_id AND p.name = s.provider
+	  AND k.revoked_at IS NULL AND k.status = 'active' AND (k.expires_at IS NULL OR k.expires_at > now_ts)
+	  AND k.rate_rpm IS NULL
+	RETURNING s.request_id, s.method, p.base_url || s.endpoint, p.h, s.body::text, timeout;
+
 	FOR r IN
 		SELECT q.request_id AS id, q.spend_key_id, q.endpoint, q.method, q.body, q.provider,
 			   k.status AS key_status, k.revoked_at, k.expires_at, k.rate_rpm, k.rate_burst,
@@ -33,10 +75,8 @@ BEGIN
 		FROM lava.request_store q
 		JOIN lava.spend_key_store k ON k.spend_key_id = q.spend_key_id
 		LEFT JOIN lava.providers p ON p.name = q.provider
-		WHERE q.status = 'queued' AND q.next_attempt_at <= now_ts
+		WHERE q.request_id = ANY (picked) AND q.status = 'queued'
 		ORDER BY q.next_attempt_at, q.request_id
-		LIMIT max_n
-		FOR UPDATE OF q SKIP LOCKED
 	LOOP
 		IF r.revoked_at IS NOT NULL OR r.key_status <> 'active' OR r.expires_at <= now_ts THEN
 			PERFORM lava._finish(r.id, 'cancelled',
@@ -50,47 +90,31 @@ BEGIN
 				pg_catalog.format('provider "%s" was disabled or removed after the request was queued', r.provider), NULL);
 			CONTINUE;
 		END IF;
-		IF r.rate_rpm IS NOT NULL THEN
-			IF waiting ? r.spend_key_id::text THEN
-				wait := 1;		-- the bucket is known to be empty: no token for this one either
-			ELSE
-				wait := lava._take_token(r.spend_key_id, r.rate_rpm, r.rate_burst);
-			END IF;
-			IF wait > 0 THEN
-				-- queue behind the key's earlier requests, one refill interval apart
-				waiting := pg_catalog.jsonb_set(waiting, ARRAY[r.spend_key_id::text], pg_catalog.to_jsonb(ARRAY[
-					COALESCE((waiting #>> ARRAY[r.spend_key_id::text, '0'])::float8, wait),
-					COALESCE((waiting #>> ARRAY[r.spend_key_id::text, '1'])::float8 + 1, 0)]));
-				UPDATE lava.request_store s
-				SET next_attempt_at = now_ts + pg_catalog.make_interval(secs =>
-					(waiting #>> ARRAY[r.spend_key_id::text, '0'])::float8
-					+ (waiting #>> ARRAY[r.spend_key_id::text, '1'])::float8 * 60.0 / r.rate_rpm)
-				WHERE s.request_id = r.id;
-				CONTINUE;
-			END IF;
+		IF waiting ? r.spend_key_id::text THEN
+			wait := 1;		-- the bucket is known to be empty: no token for this one either
+		ELSE
+			wait := lava._take_token(r.spend_key_id, r.rate_rpm, r.rate_burst);
+		END IF;
+		IF wait > 0 THEN
+			-- queue behind the key's earlier requests, one refill interval apart
+			waiting := pg_catalog.jsonb_set(waiting, ARRAY[r.spend_key_id::text], pg_catalog.to_jsonb(ARRAY[
+				COALESCE((waiting #>> ARRAY[r.spend_key_id::text, '0'])::float8, wait),
+				COALESCE((waiting #>> ARRAY[r.spend_key_id::text, '1'])::float8 + 1, 0)]));
+			UPDATE lava.request_store s
+			SET next_attempt_at = now_ts + pg_catalog.make_interval(secs =>
+				(waiting #>> ARRAY[r.spend_key_id::text, '0'])::float8
+				+ (waiting #>> ARRAY[r.spend_key_id::text, '1'])::float8 * 60.0 / r.rate_rpm)
+			WHERE s.request_id = r.id;
+			CONTINUE;
 		END IF;
 
 		UPDATE lava.request_store s
 		SET status = 'running', attempts = s.attempts + 1, started_at = COALESCE(s.started_at, now_ts)
 		WHERE s.request_id = r.id;
-
-		h := ARRAY['Content-Type: application/json'];
-		IF r.request_shape = 'anthropic' THEN
-			IF r.api_key IS NOT NULL THEN
-				h := h || ('x-api-key: ' || r.api_key);
-			END IF;
-			IF NOT r.extra ? 'anthropic-version' THEN
-				h := h || 'anthropic-version: 2023-06-01'::text;
-			END IF;
-		ELSIF r.api_key IS NOT NULL THEN
-			h := h || ('Authorization: Bearer ' || r.api_key);
-		END IF;
-		h := h || ARRAY(SELECT e.key || ': ' || e.value FROM pg_catalog.jsonb_each_text(r.extra) e ORDER BY e.key);
-
 		request_id := r.id;
 		method := r.method;
 		url := r.base_url || r.endpoint;
-		headers := h;
+		headers := lava._headers(r.request_shape, r.api_key, r.extra);
 		body := r.body::text;
 		timeout_ms := timeout;
 		RETURN NEXT;
@@ -128,109 +152,148 @@ AS $$
 $$;
 COMMENT ON FUNCTION lava._output_text(text, jsonb) IS 'internal: the assistant text of an OpenAI or Anthropic response';
 
+-- A token count from a usage member: a JSON integer, else NULL.
+CREATE FUNCTION lava._tokens(v text)
+RETURNS bigint
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT CASE WHEN v ~ '^[0-9]{1,15}$' THEN v::bigint END $$;
+COMMENT ON FUNCTION lava._tokens(text) IS 'internal: a token count, or NULL when it is not an integer';
+
 -- Records the outcomes of finished HTTP calls, one array element each
--- (http_status 0 with an error text for a network error or timeout):
--- retries (429, 5xx, network errors) go back to the queue with exponential
--- backoff and jitter (at least Retry-After) while attempts remain; a 2xx is
--- completed and charged its exact cost from the usage (the reservation when
--- usage is missing or the body is not JSON); anything else is an error and
--- charged nothing.  Each terminal request is settled and notified once.
+-- (http_status 0 with an error text for a network error or timeout; a NULL
+-- body for one that was not JSON), in a few set-based statements:
+--   retry: 429, 5xx and network errors while attempts remain go back to the
+--     queue after min(30 s, 0.5 s x 2^(attempt-1)) x U(0.5, 1), and never
+--     before Retry-After (capped at an hour);
+--   completed: a 2xx with JSON, charged its exact cost from the usage and
+--     the admission-time prices, or its reservation when usage is missing;
+--   error: a 2xx that is not JSON (charged its reservation: the upstream did
+--     the work), or any other answer (charged nothing).
+-- Each terminal request settles its reservation once: the key counters (its
+-- cost in the period it was admitted in), the daily ledger, NOTIFY.
 CREATE FUNCTION lava._complete(ids bigint[], http_statuses integer[], bodies text[], errors text[],
 							   retry_afters double precision[],
 							   OUT completed integer, OUT failed integer, OUT requeued integer)
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-	i integer;
-	q lava.request_store;
-	st integer;
-	resp jsonb;
-	in_t bigint;
-	out_t bigint;
-	in_c numeric;
-	out_c numeric;
-	note text;
-	backoff double precision;
 	max_attempts integer := pg_catalog.current_setting('lava.max_attempts')::integer;
+	now_ts timestamptz := pg_catalog.clock_timestamp();
+	notified integer;
 BEGIN
-	completed := 0;
-	failed := 0;
-	requeued := 0;
-	FOR i IN 1 .. COALESCE(pg_catalog.array_length(ids, 1), 0) LOOP
-		SELECT * INTO q FROM lava.request_store s WHERE s.request_id = ids[i] AND s.status = 'running' FOR UPDATE;
-		CONTINUE WHEN NOT FOUND;
-		st := COALESCE(http_statuses[i], 0);
-		resp := NULL;
-		IF bodies[i] IS NOT NULL THEN
-			BEGIN
-				resp := bodies[i]::jsonb;
-			EXCEPTION WHEN OTHERS THEN
-				resp := NULL;
-			END;
-		END IF;
-
-		-- retry?
-		IF (st = 0 OR st = 429 OR st >= 500) AND q.attempts < max_attempts THEN
-			backoff := LEAST(30, 0.5 * 2 ^ (q.attempts - 1)) * (0.5 + pg_catalog.random() / 2);
-			IF retry_afters[i] IS NOT NULL THEN
-				backoff := GREATEST(backoff, LEAST(retry_afters[i], 3600));
-			END IF;
-			UPDATE lava.request_store s SET status = 'queued', http_status = NULLIF(st, 0),
-				next_attempt_at = pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => backoff),
-				error = pg_catalog.format('attempt %s failed: %s; retrying', q.attempts,
-										  COALESCE(errors[i], 'HTTP ' || st))
-			WHERE s.request_id = q.request_id;
-			requeued := requeued + 1;
-			CONTINUE;
-		END IF;
-
-		IF st BETWEEN 200 AND 299 THEN
-			IF resp IS NULL THEN
-				UPDATE lava.request_store s SET http_status = st WHERE s.request_id = q.request_id;
-				PERFORM lava._finish(q.request_id, 'error',
-					COALESCE(errors[i], 'upstream answered with a body that is not JSON')
-					|| '; the reservation was charged', q.reservation);
-				failed := failed + 1;
-				CONTINUE;
-			END IF;
-			in_t := COALESCE(resp #>> '{usage,prompt_tokens}', resp #>> '{usage,input_tokens}')::bigint;
-			out_t := COALESCE(resp #>> '{usage,completion_tokens}', resp #>> '{usage,output_tokens}')::bigint;
-			IF q.request_shape = 'anthropic' AND in_t IS NOT NULL THEN
-				in_t := in_t + COALESCE((resp #>> '{usage,cache_creation_input_tokens}')::bigint, 0)
-							 + COALESCE((resp #>> '{usage,cache_read_input_tokens}')::bigint, 0);
-			END IF;
-			IF in_t IS NULL OR out_t IS NULL THEN
-				in_c := NULL;
-				out_c := NULL;
-				note := 'upstream response has no usage; the reservation was charged';
-			ELSE
-				in_c := pg_catalog.trim_scale(in_t * COALESCE(q.input_price, 0) / 1000000);
-				out_c := pg_catalog.trim_scale(out_t * COALESCE(q.output_price, 0) / 1000000);
-				note := NULL;
-			END IF;
-			UPDATE lava.request_store s SET http_status = st, response = resp,
-				output_text = lava._output_text(q.request_shape, resp),
-				input_tokens = in_t, output_tokens = out_t, input_cost = in_c, output_cost = out_c
-			WHERE s.request_id = q.request_id;
-			PERFORM lava._finish(q.request_id, 'completed', note,
-								 CASE WHEN note IS NULL THEN in_c + out_c ELSE q.reservation END, in_t, out_t);
-			completed := completed + 1;
-		ELSE
-			UPDATE lava.request_store s SET http_status = NULLIF(st, 0), response = resp WHERE s.request_id = q.request_id;
-			PERFORM lava._finish(q.request_id, 'error',
-				CASE WHEN errors[i] IS NOT NULL THEN
-						 pg_catalog.format('%s (after %s attempts)', errors[i], q.attempts)
-					 ELSE pg_catalog.format('upstream answered HTTP %s%s%s', st,
-							COALESCE(': ' || COALESCE(resp #>> '{error,message}', resp #>> '{error,error,message}'), ''),
-							CASE WHEN st = 429 OR st >= 500 THEN pg_catalog.format(' (after %s attempts)', q.attempts) ELSE '' END)
-				END, NULL);
-			failed := failed + 1;
-		END IF;
-	END LOOP;
+	WITH u AS MATERIALIZED (
+		SELECT x.id, COALESCE(x.st, 0) AS st, x.body::jsonb AS resp, x.err, x.ra
+		FROM unnest(ids, http_statuses, bodies, errors, retry_afters) AS x(id, st, body, err, ra)
+	),
+	c AS (
+		SELECT r.request_id, r.attempts, r.reservation, r.request_shape, u.st, u.resp, u.err, u.ra,
+			   CASE WHEN (u.st = 0 OR u.st = 429 OR u.st >= 500) AND r.attempts < max_attempts THEN 'retry'
+					WHEN u.st BETWEEN 200 AND 299 AND u.resp IS NULL THEN 'garbage'
+					WHEN u.st BETWEEN 200 AND 299 THEN 'completed'
+					ELSE 'error' END AS outcome,
+			   t.in_t, t.out_t,
+			   pg_catalog.trim_scale(t.in_t * COALESCE(r.input_price, 0) / 1000000) AS in_c,
+			   pg_catalog.trim_scale(t.out_t * COALESCE(r.output_price, 0) / 1000000) AS out_c
+		FROM u
+		JOIN lava.request_store r ON r.request_id = u.id AND r.status = 'running'
+		CROSS JOIN LATERAL (
+			SELECT lava._tokens(COALESCE(u.resp #>> '{usage,prompt_tokens}', u.resp #>> '{usage,input_tokens}'))
+				   + CASE WHEN r.request_shape = 'anthropic' THEN
+						 COALESCE(lava._tokens(u.resp #>> '{usage,cache_creation_input_tokens}'), 0)
+						 + COALESCE(lava._tokens(u.resp #>> '{usage,cache_read_input_tokens}'), 0)
+					 ELSE 0 END AS in_t,
+				   lava._tokens(COALESCE(u.resp #>> '{usage,completion_tokens}', u.resp #>> '{usage,output_tokens}')) AS out_t
+		) t
+	),
+	p AS MATERIALIZED (
+		SELECT c.*,
+			   CASE WHEN c.outcome = 'completed' AND c.in_t IS NOT NULL AND c.out_t IS NOT NULL THEN c.in_c + c.out_c
+					WHEN c.outcome IN ('completed', 'garbage') THEN c.reservation END AS charge,
+			   c.outcome = 'completed' AND c.in_t IS NOT NULL AND c.out_t IS NOT NULL AS has_usage
+		FROM c
+	),
+	upd AS (
+		UPDATE lava.request_store s SET
+			status = CASE p.outcome WHEN 'retry' THEN 'queued' WHEN 'completed' THEN 'completed' ELSE 'error' END,
+			http_status = NULLIF(p.st, 0),
+			response = p.resp,
+			output_text = CASE WHEN p.outcome <> 'completed' THEN NULL
+							   WHEN p.request_shape = 'anthropic' THEN lava._output_text(p.request_shape, p.resp)
+							   ELSE p.resp #>> '{choices,0,message,content}' END,
+			input_tokens = CASE WHEN p.has_usage THEN p.in_t END,
+			output_tokens = CASE WHEN p.has_usage THEN p.out_t END,
+			input_cost = CASE WHEN p.has_usage THEN p.in_c END,
+			output_cost = CASE WHEN p.has_usage THEN p.out_c END,
+			cost = CASE WHEN p.outcome = 'retry' THEN s.cost ELSE pg_catalog.trim_scale(COALESCE(p.charge, 0)) END,
+			next_attempt_at = CASE WHEN p.outcome = 'retry' THEN now_ts + pg_catalog.make_interval(secs =>
+				GREATEST(LEAST(30, 0.5 * 2 ^ (p.attempts - 1)) * (0.5 + pg_catalog.random() / 2), LEAST(COALESCE(p.ra, 0), 3600)))
+				ELSE s.next_attempt_at END,
+			completed_at = CASE WHEN p.outcome = 'retry' THEN NULL ELSE now_ts END,
+			error = CASE p.outcome
+				WHEN 'retry' THEN pg_catalog.format('attempt %s failed: %s; retrying', p.attempts, COALESCE(p.err, 'HTTP ' || p.st))
+				WHEN 'garbage' THEN 'upstream answered with a body that is not JSON; the reservation was charged'
+				WHEN 'completed' THEN CASE WHEN NOT p.has_usage THEN 'upstream response has no usage; the reservation was charged' END
+				ELSE CASE WHEN p.err IS NOT NULL THEN pg_catalog.format('%s (after %s attempts)', p.err, p.attempts)
+					 ELSE pg_catalog.format('upstream answered HTTP %s%s%s', p.st,
+							COALESCE(': ' || COALESCE(p.resp #>> '{error,message}', p.resp #>> '{error,error,message}'), ''),
+							CASE WHEN p.st = 429 OR p.st >= 500 THEN pg_catalog.format(' (after %s attempts)', p.attempts) ELSE '' END)
+					 END
+				END
+		FROM p
+		WHERE s.request_id = p.request_id AND s.status = 'running'
+		RETURNING s.request_id, s.spend_key_id, s.admitted_at, s.reservation, s.status, p.outcome, p.charge,
+				  s.input_tokens, s.output_tokens
+	),
+	done AS (
+		SELECT * FROM upd WHERE upd.outcome <> 'retry'
+	),
+	settled AS (
+		UPDATE lava.spend_key_store k SET
+			reserved_spend = pg_catalog.trim_scale(GREATEST(k.reserved_spend - a.reserved, 0)),
+			spend_period_start = GREATEST(lava._period_start(k.spend_cycle, now_ts), k.spend_period_start),
+			period_spend = pg_catalog.trim_scale(
+				CASE WHEN lava._period_start(k.spend_cycle, now_ts) > k.spend_period_start THEN 0 ELSE k.period_spend END
+				+ a.current_cost),
+			total_spend = pg_catalog.trim_scale(k.total_spend + a.total_cost)
+		FROM (SELECT d.spend_key_id, sum(d.reservation) AS reserved, COALESCE(sum(d.charge), 0) AS total_cost,
+					 COALESCE(sum(d.charge) FILTER (WHERE d.admitted_at >=
+						 GREATEST(lava._period_start(k2.spend_cycle, now_ts), k2.spend_period_start)), 0) AS current_cost
+			  FROM done d JOIN lava.spend_key_store k2 ON k2.spend_key_id = d.spend_key_id
+			  GROUP BY d.spend_key_id) a
+		WHERE k.spend_key_id = a.spend_key_id
+		RETURNING 1
+	),
+	ledger AS (
+		INSERT INTO lava.key_usage_daily AS dl (spend_key_id, day, input_tokens, output_tokens, cost)
+		SELECT d.spend_key_id, (d.admitted_at AT TIME ZONE 'UTC')::date, COALESCE(sum(d.input_tokens), 0),
+			   COALESCE(sum(d.output_tokens), 0), pg_catalog.trim_scale(sum(d.charge))
+		FROM done d WHERE d.charge IS NOT NULL
+		GROUP BY 1, 2
+		ON CONFLICT ON CONSTRAINT key_usage_daily_pkey DO UPDATE SET
+			input_tokens = dl.input_tokens + EXCLUDED.input_tokens,
+			output_tokens = dl.output_tokens + EXCLUDED.output_tokens,
+			cost = pg_catalog.trim_scale(dl.cost + EXCLUDED.cost)
+		RETURNING 1
+	),
+	notes AS (
+		SELECT pg_catalog.pg_notify('lava_requests',
+			pg_catalog.jsonb_build_object('request_id', d.request_id, 'status', d.status)::text)
+		FROM done d
+	)
+	SELECT COALESCE(sum(1) FILTER (WHERE upd.outcome = 'completed'), 0),
+		   COALESCE(sum(1) FILTER (WHERE upd.outcome IN ('error', 'garbage')), 0),
+		   COALESCE(sum(1) FILTER (WHERE upd.outcome = 'retry'), 0),
+		   (SELECT pg_catalog.count(*) FROM notes) + (SELECT pg_catalog.count(*) FROM settled) * 0
+		   + (SELECT pg_catalog.count(*) FROM ledger) * 0
+	INTO completed, failed, requeued, notified
+	FROM upd;
+	IF completed + failed > 0 THEN
+		PERFORM lava._wake_awaiters();
+	END IF;
 END
 $$;
 COMMENT ON FUNCTION lava._complete(bigint[], integer[], text[], text[], double precision[]) IS
-	'internal (worker): records finished calls: retry, complete with exact cost, or fail';
+	'internal (worker): records finished calls: retry, complete with exact cost, or fail; settles in bulk';
 
 -- The crash rule, applied when a worker starts: a request still 'running'
 -- was in flight when the previous worker or the server died.  It was never
