@@ -480,6 +480,36 @@ CopyClaimed(HeapTuple tup, TupleDesc desc, Claimed *c)
 	c->timeout_ms = isnull ? lava_request_timeout_ms : DatumGetInt32(d);
 }
 
+/*
+ * A saved plan for one of the worker's statements, prepared on first use.
+ * The plan cache re-plans it when the extension is dropped and created
+ * again.
+ */
+static SPIPlanPtr
+SavedPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*slot == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+		if (plan == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("lava worker could not prepare \"%s\": %s",
+							sql, SPI_result_code_string(SPI_result))));
+		if (SPI_keepplan(plan) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("lava worker could not keep the plan of \"%s\"", sql)));
+		*slot = plan;
+	}
+	return *slot;
+}
+
+static SPIPlanPtr ClaimPlan = NULL;
+static SPIPlanPtr NextDuePlan = NULL;
+static SPIPlanPtr CompletePlan = NULL;
+
 /* The claim step: lava._claim($1) and lava._next_due(). */
 static void
 ClaimStep(void *arg)
@@ -493,9 +523,10 @@ ClaimStep(void *arg)
 	uint64		i;
 
 	values[0] = Int32GetDatum(w->want);
-	CheckSpi(SPI_execute_with_args("SELECT request_id, method, url, headers, body, timeout_ms "
-								   "FROM lava._claim($1::int)",
-								   1, argtypes, values, NULL, false, 0),
+	CheckSpi(SPI_execute_plan(SavedPlan(&ClaimPlan,
+										"SELECT request_id, method, url, headers, body, timeout_ms "
+										"FROM lava._claim($1::int)", 1, argtypes),
+							  values, NULL, false, 0),
 			 SPI_OK_SELECT, "lava._claim");
 	CheckColumns(SPI_tuptable->tupdesc, claim_types, lengthof(claim_types), "lava._claim");
 	w->rows = MemoryContextAlloc(LoopContext, sizeof(Claimed) * Max(SPI_processed, 1));
@@ -503,7 +534,8 @@ ClaimStep(void *arg)
 		CopyClaimed(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &w->rows[i]);
 	w->nrows = (int) SPI_processed;
 
-	CheckSpi(SPI_execute_with_args("SELECT lava._next_due()", 0, NULL, NULL, NULL, false, 1),
+	CheckSpi(SPI_execute_plan(SavedPlan(&NextDuePlan, "SELECT lava._next_due()", 0, NULL),
+							  NULL, NULL, false, 1),
 			 SPI_OK_SELECT, "lava._next_due");
 	w->next_due = -1;
 	if (SPI_processed == 1 && SPI_gettypeid(SPI_tuptable->tupdesc, 1) == FLOAT8OID)
@@ -557,10 +589,11 @@ CompleteStep(void *arg)
 	values[4] = PointerGetDatum(construct_md_array(retries, retry_nulls, 1, dims, lbs, FLOAT8OID,
 												   sizeof(float8), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 
-	CheckSpi(SPI_execute_with_args("SELECT completed, failed, requeued "
-								   "FROM lava._complete($1::bigint[], $2::int[], $3::text[], "
-								   "$4::text[], $5::float8[])",
-								   5, argtypes, values, NULL, false, 0),
+	CheckSpi(SPI_execute_plan(SavedPlan(&CompletePlan,
+										"SELECT completed, failed, requeued "
+										"FROM lava._complete($1::bigint[], $2::int[], $3::text[], "
+										"$4::text[], $5::float8[])", 5, argtypes),
+							  values, NULL, false, 0),
 			 SPI_OK_SELECT, "lava._complete");
 	if (SPI_processed != 1)
 		ereport(ERROR,

@@ -38,9 +38,10 @@ $$;
 COMMENT ON FUNCTION lava._money(numeric) IS 'internal: formats USD as a decimal string';
 
 -- Timestamps in JSON documents: ISO 8601 in UTC, whatever the session's TimeZone.
+-- (STABLE like to_char, so that the planner inlines it)
 CREATE FUNCTION lava._iso(ts timestamptz)
 RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
 	SELECT pg_catalog.to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 $$;

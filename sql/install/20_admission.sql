@@ -18,8 +18,8 @@ COMMENT ON TYPE lava.admission IS 'internal: the result of admitting one request
 -- `reservation` USD (NULL: the model has no prices).  Checks, in order: the
 -- key exists and is not revoked, has not expired and is active, the
 -- allow-lists, the request limit, the spend limit.  On success it counts the
--- request, holds the reservation and sets last_used_at; on failure it raises
--- and changes nothing.  The key's row lock serialises admissions per key, so
+-- request, holds the reservation and sets last_used_at (the daily ledger gets
+-- the request when it is settled); on failure it raises and changes nothing.  The key's row lock serialises admissions per key, so
 -- no interleaving can admit more than the limits allow.  The rate limit is
 -- not taken here: the queue takes a token when it dispatches.
 CREATE FUNCTION lava._admit(spend_key text, provider text, model text, reservation numeric)
@@ -33,10 +33,50 @@ DECLARE
 	sp_start timestamptz;
 	cur_requests bigint;
 	cur_spend numeric;
+	a lava.admission;
 BEGIN
 	IF reservation < 0 THEN
 		PERFORM lava._raise('22023', 'invalid reservation: must not be negative', NULL, NULL);
 	END IF;
+
+	-- Fast path: one UPDATE that checks everything in its WHERE clause.  Under
+	-- READ COMMITTED a concurrent admission makes it wait for the row lock and
+	-- re-check the WHERE clause against the row that admission left, so the
+	-- limits hold exactly.  A key "ahead" of our clock (another admission
+	-- rolled the period over after we read the clock) counts us in its period.
+	at := pg_catalog.clock_timestamp();
+	UPDATE lava.spend_key_store s SET
+		request_period_start = GREATEST(lava._period_start(s.request_cycle, at), s.request_period_start),
+		period_requests = CASE WHEN lava._period_start(s.request_cycle, at) > s.request_period_start
+							   THEN 0 ELSE s.period_requests END + 1,
+		total_requests = s.total_requests + 1,
+		spend_period_start = GREATEST(lava._period_start(s.spend_cycle, at), s.spend_period_start),
+		period_spend = CASE WHEN lava._period_start(s.spend_cycle, at) > s.spend_period_start
+							THEN 0 ELSE s.period_spend END,
+		reserved_spend = pg_catalog.trim_scale(s.reserved_spend + COALESCE(reservation, 0)),
+		last_used_at = at
+	WHERE s.key_digest = lava._key_digest(spend_key)
+	  AND s.revoked_at IS NULL
+	  AND s.status = 'active'
+	  AND (s.expires_at IS NULL OR s.expires_at > at)
+	  AND (s.allowed_providers IS NULL OR provider = ANY (s.allowed_providers))
+	  AND (s.allowed_models IS NULL OR model = ANY (s.allowed_models))
+	  AND (s.request_limit_count IS NULL
+		   OR CASE WHEN lava._period_start(s.request_cycle, at) > s.request_period_start
+				   THEN 0 ELSE s.period_requests END < s.request_limit_count)
+	  AND (s.spend_limit_amount IS NULL
+		   OR (reservation IS NOT NULL
+			   AND CASE WHEN lava._period_start(s.spend_cycle, at) > s.spend_period_start
+						THEN 0 ELSE s.period_spend END + s.reserved_spend + reservation <= s.spend_limit_amount))
+	RETURNING s.spend_key_id, GREATEST(at, s.spend_period_start), COALESCE(reservation, 0), s.request_shape,
+			  s.rate_rpm, s.rate_burst
+	INTO a;
+	IF FOUND THEN
+		RETURN a;
+	END IF;
+
+	-- Slow path: find out why (and raise), or admit if a concurrent change
+	-- made the request admissible meanwhile.
 	k := lava._usable_key(spend_key, true, NULL);
 	at := pg_catalog.clock_timestamp();
 
@@ -90,9 +130,6 @@ BEGIN
 		reserved_spend = pg_catalog.trim_scale(s.reserved_spend + COALESCE(reservation, 0)),
 		last_used_at = at
 	WHERE s.spend_key_id = k.spend_key_id;
-	INSERT INTO lava.key_usage_daily AS d (spend_key_id, day, requests)
-	VALUES (k.spend_key_id, (at AT TIME ZONE 'UTC')::date, 1)
-	ON CONFLICT ON CONSTRAINT key_usage_daily_pkey DO UPDATE SET requests = d.requests + 1;
 
 	RETURN ROW(k.spend_key_id, at, COALESCE(reservation, 0), k.request_shape, k.rate_rpm, k.rate_burst)::lava.admission;
 END
@@ -101,9 +138,10 @@ COMMENT ON FUNCTION lava._admit(text, text, text, numeric) IS
 	'internal: the admission core; admits one request through a spend key or raises why not';
 
 -- Settles one admitted request: releases its reservation and, when `cost` is
--- not NULL, charges it to the period it was admitted in (and the lifetime
--- totals and the daily ledger).  cost NULL releases without charging (a
--- request cancelled before it was sent).  Works on revoked keys too.
+-- not NULL, charges it to the period it was admitted in and the lifetime
+-- totals.  cost NULL releases without charging (a request cancelled before
+-- it was sent).  Either way the request enters the daily ledger under its
+-- day of admission.  Works on revoked keys too.
 CREATE FUNCTION lava._settle(spend_key_id uuid, admitted_at timestamptz, reservation numeric,
 							 cost numeric, input_tokens bigint DEFAULT 0, output_tokens bigint DEFAULT 0)
 RETURNS void
@@ -136,15 +174,15 @@ BEGIN
 		total_spend = pg_catalog.trim_scale(s.total_spend + COALESCE(cost, 0))
 	WHERE s.spend_key_id = id;
 
-	IF cost IS NOT NULL THEN
-		INSERT INTO lava.key_usage_daily AS d (spend_key_id, day, input_tokens, output_tokens, cost)
-		VALUES (id, (admitted_at AT TIME ZONE 'UTC')::date, COALESCE(input_tokens, 0),
-				COALESCE(output_tokens, 0), cost)
-		ON CONFLICT ON CONSTRAINT key_usage_daily_pkey DO UPDATE SET
-			input_tokens = d.input_tokens + EXCLUDED.input_tokens,
-			output_tokens = d.output_tokens + EXCLUDED.output_tokens,
-			cost = pg_catalog.trim_scale(d.cost + EXCLUDED.cost);
-	END IF;
+	INSERT INTO lava.key_usage_daily AS d (spend_key_id, day, requests, input_tokens, output_tokens, cost)
+	VALUES (id, (admitted_at AT TIME ZONE 'UTC')::date, 1,
+			CASE WHEN cost IS NOT NULL THEN COALESCE(input_tokens, 0) ELSE 0 END,
+			CASE WHEN cost IS NOT NULL THEN COALESCE(output_tokens, 0) ELSE 0 END, COALESCE(cost, 0))
+	ON CONFLICT ON CONSTRAINT key_usage_daily_pkey DO UPDATE SET
+		requests = d.requests + 1,
+		input_tokens = d.input_tokens + EXCLUDED.input_tokens,
+		output_tokens = d.output_tokens + EXCLUDED.output_tokens,
+		cost = pg_catalog.trim_scale(d.cost + EXCLUDED.cost);
 END
 $$;
 COMMENT ON FUNCTION lava._settle(uuid, timestamptz, numeric, numeric, bigint, bigint) IS

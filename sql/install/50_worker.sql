@@ -264,12 +264,14 @@ BEGIN
 		RETURNING 1
 	),
 	ledger AS (
-		INSERT INTO lava.key_usage_daily AS dl (spend_key_id, day, input_tokens, output_tokens, cost)
-		SELECT d.spend_key_id, (d.admitted_at AT TIME ZONE 'UTC')::date, COALESCE(sum(d.input_tokens), 0),
-			   COALESCE(sum(d.output_tokens), 0), pg_catalog.trim_scale(sum(d.charge))
-		FROM done d WHERE d.charge IS NOT NULL
+		INSERT INTO lava.key_usage_daily AS dl (spend_key_id, day, requests, input_tokens, output_tokens, cost)
+		SELECT d.spend_key_id, (d.admitted_at AT TIME ZONE 'UTC')::date, pg_catalog.count(*),
+			   COALESCE(sum(d.input_tokens), 0), COALESCE(sum(d.output_tokens), 0),
+			   pg_catalog.trim_scale(COALESCE(sum(d.charge), 0))
+		FROM done d
 		GROUP BY 1, 2
 		ON CONFLICT ON CONSTRAINT key_usage_daily_pkey DO UPDATE SET
+			requests = dl.requests + EXCLUDED.requests,
 			input_tokens = dl.input_tokens + EXCLUDED.input_tokens,
 			output_tokens = dl.output_tokens + EXCLUDED.output_tokens,
 			cost = pg_catalog.trim_scale(dl.cost + EXCLUDED.cost)

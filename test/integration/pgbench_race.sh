@@ -26,8 +26,11 @@ EXCEPTION WHEN SQLSTATE '53400' THEN
 	RETURN false;
 END $$;
 CREATE FUNCTION race_count(k text) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+	a lava.admission;
 BEGIN
-	PERFORM lava._admit(k, 'openai', 'gpt-race', 0);
+	a := lava._admit(k, 'openai', 'gpt-race', 0);
+	PERFORM lava._settle(a.spend_key_id, a.admitted_at, a.reservation, NULL);
 	RETURN true;
 EXCEPTION WHEN SQLSTATE '53400' THEN
 	RETURN false;
