@@ -89,3 +89,6 @@ SELECT jsonb_pretty(lava.create_spend_key('{"name": "minimal"}')
 -- anthropic shape, total cycle: no reset time
 SELECT d ->> 'request_shape' AS shape, d -> 'spend_limit' AS spend_limit, d ->> 'spend_resets_at' AS resets
 FROM lava.create_spend_key('{"name": "anthropic", "request_shape": "anthropic", "spend_limit": {"amount": 0.5, "cycle": "total"}}') AS d;
+
+-- leave the database as we found it
+DROP EXTENSION lava;

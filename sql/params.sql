@@ -116,3 +116,6 @@ SELECT (lava.list_spend_keys(NULL, NULL) -> 'data') IS NOT NULL AS lim_null_mean
 -- ids that name nothing
 SELECT pg_temp.try($$SELECT lava.get_spend_key('not-a-uuid')$$) AS bad_uuid;
 SELECT pg_temp.try($$SELECT lava.update_spend_key(gen_random_uuid(), '{}')$$) ~ '^P0002' AS update_unknown_id;
+
+-- leave the database as we found it
+DROP EXTENSION lava;

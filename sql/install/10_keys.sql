@@ -286,6 +286,29 @@ END
 $$;
 COMMENT ON FUNCTION lava._params_members(text, jsonb, text[]) IS 'internal: refuses unknown fields';
 
+-- A limit object of params: false for an explicit null; true for an object
+-- with only `members`, `required` among them; 22023 naming the field else.
+CREATE FUNCTION lava._params_object(field text, v jsonb, members text[], required text)
+RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+	IF pg_catalog.jsonb_typeof(v) = 'null' THEN
+		RETURN false;
+	END IF;
+	IF pg_catalog.jsonb_typeof(v) <> 'object' THEN
+		PERFORM lava._params_error(field, pg_catalog.format('must be an object {"%s"} or null',
+															 pg_catalog.array_to_string(members, '", "')));
+	END IF;
+	PERFORM lava._params_members(field, v, members);
+	IF NOT v ? required THEN
+		PERFORM lava._params_error(field || '.' || required, 'is required');
+	END IF;
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION lava._params_object(text, jsonb, text[], text) IS 'internal: validates the frame of a limit object';
+
 -- Validates a params document (create: `creating` true) and returns it
 -- normalised: only the fields present, each in its stored form.  Refuses
 -- with 22023 naming the field; see README for the rules.
@@ -352,14 +375,10 @@ BEGIN
 	-- spend_limit {amount, cycle}
 	IF params ? 'spend_limit' THEN
 		v := params -> 'spend_limit';
-		IF pg_catalog.jsonb_typeof(v) = 'null' THEN
+		IF NOT lava._params_object('spend_limit', v, ARRAY['amount', 'cycle'], 'amount') THEN
 			out := out || '{"spend_limit": null}';
 		ELSE
-			IF pg_catalog.jsonb_typeof(v) <> 'object' THEN
-				PERFORM lava._params_error('spend_limit', 'must be an object {"amount", "cycle"} or null');
-			END IF;
-			PERFORM lava._params_members('spend_limit', v, ARRAY['amount', 'cycle']);
-			IF NOT v ? 'amount' OR pg_catalog.jsonb_typeof(v -> 'amount') = 'null' THEN
+			IF pg_catalog.jsonb_typeof(v -> 'amount') = 'null' THEN
 				PERFORM lava._params_error('spend_limit.amount', 'is required');
 			END IF;
 			IF pg_catalog.jsonb_typeof(v -> 'amount') = 'number' THEN
@@ -386,16 +405,9 @@ BEGIN
 	-- request_limit {count, cycle}
 	IF params ? 'request_limit' THEN
 		v := params -> 'request_limit';
-		IF pg_catalog.jsonb_typeof(v) = 'null' THEN
+		IF NOT lava._params_object('request_limit', v, ARRAY['count', 'cycle'], 'count') THEN
 			out := out || '{"request_limit": null}';
 		ELSE
-			IF pg_catalog.jsonb_typeof(v) <> 'object' THEN
-				PERFORM lava._params_error('request_limit', 'must be an object {"count", "cycle"} or null');
-			END IF;
-			PERFORM lava._params_members('request_limit', v, ARRAY['count', 'cycle']);
-			IF NOT v ? 'count' THEN
-				PERFORM lava._params_error('request_limit.count', 'is required');
-			END IF;
 			out := out || pg_catalog.jsonb_build_object('request_limit', pg_catalog.jsonb_build_object(
 				'count', lava._params_count('request_limit.count', v -> 'count', 9223372036854775807),
 				'cycle', lava._params_cycle('request_limit.cycle', v -> 'cycle')));
@@ -405,16 +417,9 @@ BEGIN
 	-- rate_limit {rpm, burst}
 	IF params ? 'rate_limit' THEN
 		v := params -> 'rate_limit';
-		IF pg_catalog.jsonb_typeof(v) = 'null' THEN
+		IF NOT lava._params_object('rate_limit', v, ARRAY['rpm', 'burst'], 'rpm') THEN
 			out := out || '{"rate_limit": null}';
 		ELSE
-			IF pg_catalog.jsonb_typeof(v) <> 'object' THEN
-				PERFORM lava._params_error('rate_limit', 'must be an object {"rpm", "burst"} or null');
-			END IF;
-			PERFORM lava._params_members('rate_limit', v, ARRAY['rpm', 'burst']);
-			IF NOT v ? 'rpm' THEN
-				PERFORM lava._params_error('rate_limit.rpm', 'is required');
-			END IF;
 			out := out || pg_catalog.jsonb_build_object('rate_limit', pg_catalog.jsonb_build_object(
 				'rpm', lava._params_count('rate_limit.rpm', v -> 'rpm', 2147483647),
 				'burst', CASE WHEN pg_catalog.jsonb_typeof(v -> 'burst') IS DISTINCT FROM 'null'

@@ -19,9 +19,10 @@ COMMENT ON TYPE lava.admission IS 'internal: the result of admitting one request
 -- key exists and is not revoked, has not expired and is active, the
 -- allow-lists, the request limit, the spend limit.  On success it counts the
 -- request, holds the reservation and sets last_used_at (the daily ledger gets
--- the request when it is settled); on failure it raises and changes nothing.  The key's row lock serialises admissions per key, so
--- no interleaving can admit more than the limits allow.  The rate limit is
--- not taken here: the queue takes a token when it dispatches.
+-- the request when it is settled); on failure it raises and changes nothing.
+-- The key's row lock serialises admissions per key, so no interleaving can
+-- admit more than the limits allow.  The rate limit is not taken here: the
+-- queue takes a token when it dispatches.
 CREATE FUNCTION lava._admit(spend_key text, provider text, model text, reservation numeric)
 RETURNS lava.admission
 LANGUAGE plpgsql VOLATILE
