@@ -83,6 +83,9 @@ CREATE TABLE lava.request_store (
 );
 CREATE INDEX request_store_queue_idx ON lava.request_store (next_attempt_at, request_id)
 	WHERE status = 'queued';
+-- the claim's loose scan over keys with queued work, and each key's oldest
+CREATE INDEX request_store_key_queue_idx ON lava.request_store (spend_key_id, next_attempt_at, request_id)
+	WHERE status = 'queued';
 CREATE INDEX request_store_finished_idx ON lava.request_store (completed_at)
 	WHERE status IN ('completed', 'error', 'cancelled');
 COMMENT ON TABLE lava.request_store IS

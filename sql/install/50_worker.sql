@@ -24,8 +24,9 @@ AS $$
 $$;
 COMMENT ON FUNCTION lava._headers(text, text, jsonb) IS 'internal: the upstream request headers of a provider';
 
--- Claims up to max_n due requests for sending, oldest first, with FOR
--- UPDATE SKIP LOCKED (a request being cancelled is skipped).  The common
+-- Claims up to max_n due requests for sending, shared fairly between keys
+-- and oldest first within a key, with FOR UPDATE SKIP LOCKED (a request
+-- being cancelled is skipped).  The common
 -- case (usable key without a rate limit, enabled provider) is one set-based
 -- UPDATE.  The rest go one by one: a request whose key was revoked, paused
 -- or expired since enqueue is cancelled; one for a disabled provider fails;
@@ -44,15 +45,63 @@ DECLARE
 	wait double precision;
 	timeout integer := lava._setting_ms('lava.request_timeout');
 	picked bigint[];
+	keys uuid[];
+	start_key uuid := pg_catalog.gen_random_uuid();
+	quota integer;
 	waiting jsonb := '{}';		-- per paced key: [seconds to its next token, requests already put behind it]
 BEGIN
-	SELECT pg_catalog.array_agg(c.request_id) INTO picked
-	FROM (SELECT q.request_id FROM lava.request_store q
-		  WHERE q.status = 'queued' AND q.next_attempt_at <= now_ts
-		  ORDER BY q.next_attempt_at, q.request_id
-		  LIMIT max_n
-		  FOR UPDATE SKIP LOCKED) c;
-	IF picked IS NULL THEN
+	-- Fair shares: up to 64 keys with queued work, found by a loose index
+	-- scan from a random point of the key space (wrapping around), each get
+	-- an equal share of the free slots, oldest requests first.  So a key with
+	-- a deep backlog of slow requests does not hold up another key's.
+	keys := ARRAY(
+		WITH RECURSIVE ks(k, n) AS (
+			(SELECT q.spend_key_id, 1 FROM lava.request_store q
+			 WHERE q.status = 'queued' AND q.spend_key_id >= start_key
+			 ORDER BY q.spend_key_id LIMIT 1)
+			UNION ALL
+			SELECT (SELECT q.spend_key_id FROM lava.request_store q
+					WHERE q.status = 'queued' AND q.spend_key_id > ks.k
+					ORDER BY q.spend_key_id LIMIT 1), ks.n + 1
+			FROM ks WHERE ks.k IS NOT NULL AND ks.n < 64)
+		SELECT ks.k FROM ks WHERE ks.k IS NOT NULL);
+	IF pg_catalog.cardinality(keys) < 64 THEN
+		keys := keys || ARRAY(
+			WITH RECURSIVE ks(k, n) AS (
+				(SELECT q.spend_key_id, 1 FROM lava.request_store q
+				 WHERE q.status = 'queued' AND q.spend_key_id < start_key
+				 ORDER BY q.spend_key_id LIMIT 1)
+				UNION ALL
+				SELECT (SELECT q.spend_key_id FROM lava.request_store q
+						WHERE q.status = 'queued' AND q.spend_key_id > ks.k AND q.spend_key_id < start_key
+						ORDER BY q.spend_key_id LIMIT 1), ks.n + 1
+				FROM ks WHERE ks.k IS NOT NULL AND ks.n < 64 - pg_catalog.cardinality(keys))
+			SELECT ks.k FROM ks WHERE ks.k IS NOT NULL);
+	END IF;
+	IF pg_catalog.cardinality(keys) = 0 THEN
+		RETURN;
+	END IF;
+	quota := GREATEST(1, CEIL(max_n::numeric / pg_catalog.cardinality(keys)))::integer;
+	picked := ARRAY(
+		SELECT t.request_id
+		FROM pg_catalog.unnest(keys) AS kk(k)
+		CROSS JOIN LATERAL (
+			SELECT q.request_id FROM lava.request_store q
+			WHERE q.spend_key_id = kk.k AND q.status = 'queued' AND q.next_attempt_at <= now_ts
+			ORDER BY q.next_attempt_at, q.request_id
+			LIMIT quota
+			FOR UPDATE SKIP LOCKED) t
+		LIMIT max_n);
+	-- slots the shares left free go to the oldest due requests of any key
+	IF pg_catalog.cardinality(picked) < max_n THEN
+		picked := picked || ARRAY(
+			SELECT q.request_id FROM lava.request_store q
+			WHERE q.status = 'queued' AND q.next_attempt_at <= now_ts AND q.request_id <> ALL (picked)
+			ORDER BY q.next_attempt_at, q.request_id
+			LIMIT max_n - pg_catalog.cardinality(picked)
+			FOR UPDATE SKIP LOCKED);
+	END IF;
+	IF pg_catalog.cardinality(picked) = 0 THEN
 		RETURN;
 	END IF;
 
