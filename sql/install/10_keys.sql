@@ -45,7 +45,7 @@ SELECT pg_catalog.pg_extension_config_dump('lava.spend_key_store', '');
 -- when it reaches a terminal state), and their tokens and cost.  The ledger behind spend_key_usage() and the source from
 -- which period counters are recomputed when a limit's cycle changes.
 CREATE TABLE lava.key_usage_daily (
-	spend_key_id uuid NOT NULL REFERENCES lava.spend_key_store ON DELETE CASCADE,
+	spend_key_id uuid NOT NULL,		-- a lava.spend_key_store key (keys are never deleted)
 	day date NOT NULL,
 	requests bigint NOT NULL DEFAULT 0,
 	input_tokens bigint NOT NULL DEFAULT 0,
