@@ -623,6 +623,17 @@ LavaHttpCreate(void)
 	return h;
 }
 
+/*
+ * Sizes the connection cache to the calls kept in flight: a smaller cache
+ * closes a connection after every call, a much larger one makes curl walk
+ * a long list of idle connections for every new call.
+ */
+void
+LavaHttpSetMaxConnections(LavaHttp *h, long n)
+{
+	curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, n > 0 ? n : LAVA_HTTP_MAXCONNECTS);
+}
+
 /* Aborts everything in flight, drops unread results and frees the client. */
 void
 LavaHttpDestroy(LavaHttp *h)

@@ -88,6 +88,7 @@ extern LavaHttp *LavaHttpCreate(void);
 
 /* Aborts everything in flight, drops unread results and frees the client. */
 extern void LavaHttpDestroy(LavaHttp *h);
+extern void LavaHttpSetMaxConnections(LavaHttp *h, long n);
 
 /*
  * Starts a request.  Returns 0 when it is under way (its result will come

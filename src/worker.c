@@ -75,6 +75,8 @@
 #define PURGE_INTERVAL_MS 60000
 #define MIN_DUE_WAIT_MS 100	/* "due now", yet _claim skipped it (locked) */
 #define DATABASE_POLL_MS 1000	/* waiting for lava.database to exist */
+#define LINGER_MS 5				/* most a finished call waits for others to share
+								 * its transaction */
 
 /* A request claimed by lava._claim, copied out of SPI, not yet submitted. */
 typedef struct Claimed
@@ -132,6 +134,7 @@ static MemoryContext LoopContext = NULL;	/* reset every turn */
 static MemoryContext OutcomeContext = NULL; /* reset once all are recorded */
 static Outcome *Outcomes = NULL;
 static int	NumOutcomes = 0;
+static TimestampTz FirstOutcomeAt = 0;	/* when the oldest unrecorded one came */
 static int	MaxOutcomes = 0;
 static bool ExtensionPresent = true;	/* as the last step found it */
 static bool NeedRecover = true; /* lava._worker_recover not run yet */
@@ -162,6 +165,7 @@ StartHttp(void)
 		ereport(FATAL,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("lava worker could not create its HTTP client")));
+	LavaHttpSetMaxConnections(Http, lava_max_concurrency);
 	WaitSet = CreateWaitEventSet(TopMemoryContext, 3);
 	AddWaitEventToSet(WaitSet, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(WaitSet, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
@@ -203,6 +207,8 @@ AddOutcome(int64 id, int32 http_status, const char *body, Size body_len,
 		Outcomes = Outcomes == NULL ? palloc(sizeof(Outcome) * MaxOutcomes) :
 			repalloc(Outcomes, sizeof(Outcome) * MaxOutcomes);
 	}
+	if (NumOutcomes == 0)
+		FirstOutcomeAt = GetCurrentTimestamp();
 	o = &Outcomes[NumOutcomes++];
 	o->id = id;
 	o->http_status = http_status;
@@ -895,6 +901,7 @@ WaitForDatabase(void)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			LavaHttpSetMaxConnections(Http, lava_max_concurrency);
 		}
 		if (DatabaseExists(lava_database))
 		{
@@ -910,6 +917,22 @@ WaitForDatabase(void)
 	}
 }
 
+/*
+ * Whether the finished calls should be recorded now.  Under load they are
+ * gathered into larger transactions (a quarter of lava.max_concurrency, or
+ * LINGER_MS after the first), since each transaction has a fixed cost; the
+ * last call in flight, or a lone one, is recorded at once.
+ */
+static bool
+OutcomesReady(void)
+{
+	if (NumOutcomes == 0)
+		return false;
+	if (LavaHttpInFlight(Http) == 0 || NumOutcomes >= Max(1, lava_max_concurrency / 4))
+		return true;
+	return TimestampDifferenceExceeds(FirstOutcomeAt, GetCurrentTimestamp(), LINGER_MS);
+}
+
 /* How long the loop may sleep: until the first thing that will be due. */
 static long
 NextTimeout(void)
@@ -923,7 +946,11 @@ NextTimeout(void)
 	if (BackoffUntil > now)
 		return Min(timeout, Max(1, TimestampDifferenceMilliseconds(now, BackoffUntil)));
 	if (NumOutcomes > 0)
-		return 0;
+	{
+		if (OutcomesReady())
+			return 0;
+		timeout = Min(timeout, LINGER_MS);
+	}
 	if (LavaHttpInFlight(Http) < lava_max_concurrency)
 	{
 		if (ClaimWanted || NextClaimAt <= now)
@@ -987,6 +1014,7 @@ LavaWorkerMain(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			LavaHttpSetMaxConnections(Http, lava_max_concurrency);
 		}
 		if (LavaStateLeaveRequested())
 		{
@@ -999,7 +1027,7 @@ LavaWorkerMain(Datum main_arg)
 		LavaHttpDrive(Http);
 		TakeResults();
 
-		if (NumOutcomes > 0 && !InBackoff())
+		if (OutcomesReady() && !InBackoff())
 			RecordOutcomes();
 		if ((ClaimWanted || GetCurrentTimestamp() >= NextClaimAt) && !InBackoff())
 		{

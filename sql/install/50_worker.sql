@@ -20,7 +20,7 @@ AS $$
 				|| CASE WHEN NOT extra ? 'anthropic-version' THEN ARRAY['anthropic-version: 2023-06-01'] ELSE '{}'::text[] END
 		   ELSE CASE WHEN api_key IS NOT NULL THEN ARRAY['Authorization: Bearer ' || api_key] ELSE '{}'::text[] END
 		   END
-		|| ARRAY(SELECT e.key || ': ' || e.value FROM pg_catalog.jsonb_each_text(extra) e ORDER BY e.key)
+		|| ARRAY(SELECT e.key || ': ' || e.value FROM pg_catalog.jsonb_each_text(extra) e)
 $$;
 COMMENT ON FUNCTION lava._headers(text, text, jsonb) IS 'internal: the upstream request headers of a provider';
 
@@ -34,9 +34,16 @@ COMMENT ON FUNCTION lava._headers(text, text, jsonb) IS 'internal: the upstream 
 -- behind the key's earlier requests.  Claimed requests become 'running'
 -- (one more attempt) and are returned with URL, headers (holding the
 -- provider's API key) and body.
+--
+-- The queue's statistics are often stale (it fills and drains faster than
+-- autovacuum analyses it), so the plans must not depend on them: every
+-- ORDER BY matches an index, and sorting is disabled inside the function
+-- (and JIT, which the resulting cost estimates would otherwise trigger).
 CREATE FUNCTION lava._claim(max_n integer)
 RETURNS TABLE (request_id bigint, method text, url text, headers text[], body text, timeout_ms integer)
 LANGUAGE plpgsql VOLATILE
+SET enable_sort = off
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -50,7 +57,16 @@ DECLARE
 	quota integer;
 	waiting jsonb := '{}';		-- per paced key: [seconds to its next token, requests already put behind it]
 BEGIN
-	-- Fair shares: up to 64 keys with queued work, found by a loose index
+	-- The queue fills and drains faster than autovacuum analyses it, and a
+	-- partial index built on an empty table looks empty to the planner until
+	-- then (it would scan the whole queue for every lookup).  Analyse when a
+	-- quarter of the table changed since the last time.
+	IF pg_catalog.pg_stat_get_mod_since_analyze('lava.request_store'::regclass)
+	   > GREATEST(5000, (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = 'lava.request_store'::regclass) / 4) THEN
+		ANALYZE (SKIP_LOCKED) lava.request_store;
+	END IF;
+
+	-- Fair shares: up to 64 keys (and no more than max_n) with queued work, found by a loose index
 	-- scan from a random point of the key space (wrapping around), each get
 	-- an equal share of the free slots, oldest requests first.  So a key with
 	-- a deep backlog of slow requests does not hold up another key's.
@@ -63,9 +79,9 @@ BEGIN
 			SELECT (SELECT q.spend_key_id FROM lava.request_store q
 					WHERE q.status = 'queued' AND q.spend_key_id > ks.k
 					ORDER BY q.spend_key_id LIMIT 1), ks.n + 1
-			FROM ks WHERE ks.k IS NOT NULL AND ks.n < 64)
+			FROM ks WHERE ks.k IS NOT NULL AND ks.n < LEAST(64, max_n))
 		SELECT ks.k FROM ks WHERE ks.k IS NOT NULL);
-	IF pg_catalog.cardinality(keys) < 64 THEN
+	IF pg_catalog.cardinality(keys) < LEAST(64, max_n) THEN
 		keys := keys || ARRAY(
 			WITH RECURSIVE ks(k, n) AS (
 				(SELECT q.spend_key_id, 1 FROM lava.request_store q
@@ -75,7 +91,7 @@ BEGIN
 				SELECT (SELECT q.spend_key_id FROM lava.request_store q
 						WHERE q.status = 'queued' AND q.spend_key_id > ks.k AND q.spend_key_id < start_key
 						ORDER BY q.spend_key_id LIMIT 1), ks.n + 1
-				FROM ks WHERE ks.k IS NOT NULL AND ks.n < 64 - pg_catalog.cardinality(keys))
+				FROM ks WHERE ks.k IS NOT NULL AND ks.n < LEAST(64, max_n) - pg_catalog.cardinality(keys))
 			SELECT ks.k FROM ks WHERE ks.k IS NOT NULL);
 	END IF;
 	IF pg_catalog.cardinality(keys) = 0 THEN
@@ -86,9 +102,12 @@ BEGIN
 		SELECT t.request_id
 		FROM pg_catalog.unnest(keys) AS kk(k)
 		CROSS JOIN LATERAL (
+			-- (a range, not =, so that only the key index gives this order:
+			-- with = the queue index would qualify and scan every key's rows)
 			SELECT q.request_id FROM lava.request_store q
-			WHERE q.spend_key_id = kk.k AND q.status = 'queued' AND q.next_attempt_at <= now_ts
-			ORDER BY q.next_attempt_at, q.request_id
+			WHERE q.spend_key_id >= kk.k AND q.spend_key_id <= kk.k
+			  AND q.status = 'queued' AND q.next_attempt_at <= now_ts
+			ORDER BY q.spend_key_id, q.next_attempt_at, q.request_id
 			LIMIT quota
 			FOR UPDATE SKIP LOCKED) t
 		LIMIT max_n);
@@ -105,27 +124,32 @@ BEGIN
 		RETURN;
 	END IF;
 
+	-- (driven from the picked ids: a join that starts from the key table
+	-- makes a generic plan probe the queue once per key)
 	RETURN QUERY
 	UPDATE lava.request_store s
 	SET status = 'running', attempts = s.attempts + 1, started_at = COALESCE(s.started_at, now_ts)
-	FROM lava.spend_key_store k,
-		 (SELECT pr.name, pr.base_url, lava._headers(pr.request_shape, pr.api_key, pr.headers) AS h
-		  FROM lava.providers pr WHERE pr.enabled) p
-	WHERE s.request_id = ANY (picked)
-	  AND k.spend_key_id = s.spend_key_id AND p.name = s.provider
-	  AND k.revoked_at IS NULL AND k.status = 'active' AND (k.expires_at IS NULL OR k.expires_at > now_ts)
-	  AND k.rate_rpm IS NULL
-	RETURNING s.request_id, s.method, p.base_url || s.endpoint, p.h, s.body::text, timeout;
+	FROM (SELECT q.request_id, p.base_url, p.h
+		  FROM pg_catalog.unnest(picked) AS u(id)
+		  JOIN lava.request_store q ON q.request_id = u.id
+		  JOIN lava.spend_key_store k ON k.spend_key_id = q.spend_key_id
+		  JOIN (SELECT pr.name, pr.base_url, lava._headers(pr.request_shape, pr.api_key, pr.headers) AS h
+				FROM lava.providers pr WHERE pr.enabled) p ON p.name = q.provider
+		  WHERE k.revoked_at IS NULL AND k.status = 'active' AND (k.expires_at IS NULL OR k.expires_at > now_ts)
+			AND k.rate_rpm IS NULL) c
+	WHERE s.request_id = c.request_id
+	RETURNING s.request_id, s.method, c.base_url || s.endpoint, c.h, s.body::text, timeout;
 
 	FOR r IN
 		SELECT q.request_id AS id, q.spend_key_id, q.endpoint, q.method, q.body, q.provider,
 			   k.status AS key_status, k.revoked_at, k.expires_at, k.rate_rpm, k.rate_burst,
 			   p.base_url, p.api_key, p.request_shape, p.headers AS extra, p.enabled
-		FROM lava.request_store q
+		FROM pg_catalog.unnest(picked) WITH ORDINALITY AS u(id, ord)
+		JOIN lava.request_store q ON q.request_id = u.id
 		JOIN lava.spend_key_store k ON k.spend_key_id = q.spend_key_id
 		LEFT JOIN lava.providers p ON p.name = q.provider
-		WHERE q.request_id = ANY (picked) AND q.status = 'queued'
-		ORDER BY q.next_attempt_at, q.request_id
+		WHERE q.status = 'queued'
+		ORDER BY u.ord
 	LOOP
 		IF r.revoked_at IS NOT NULL OR r.key_status <> 'active' OR r.expires_at <= now_ts THEN
 			PERFORM lava._finish(r.id, 'cancelled',
