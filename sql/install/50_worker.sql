@@ -202,6 +202,8 @@ COMMENT ON FUNCTION lava._claim(integer) IS
 CREATE FUNCTION lava._next_due()
 RETURNS double precision
 LANGUAGE sql STABLE
+SET enable_seqscan = off		-- min() through the queue index, whatever the statistics say
+SET jit = off
 AS $$
 	SELECT GREATEST(0, EXTRACT(epoch FROM min(next_attempt_at) - pg_catalog.clock_timestamp()))::float8
 	FROM lava.request_store WHERE status = 'queued'
