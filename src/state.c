@@ -43,6 +43,7 @@ typedef struct LavaWorkerState
 {
 	pid_t		pid;			/* the connected worker, 0 when none */
 	int			procno;			/* its pgprocno, -1 when none */
+	Oid			dboid;			/* the database it serves */
 	pid_t		leave_pid;		/* a worker asked to leave its database */
 	pid_t		connecting_pid; /* a worker that has not connected yet */
 	TimestampTz started_at;		/* when the current worker connected, 0 if
@@ -144,6 +145,7 @@ LavaStateWorkerStarted(void)
 	State->leave_pid = 0;
 	State->pid = MyProcPid;
 	State->procno = MyProc->pgprocno;
+	State->dboid = MyDatabaseId;
 	State->started_at = GetCurrentTimestamp();
 	State->in_flight = 0;
 	State->claimed = 0;
@@ -276,6 +278,9 @@ RegisterWakeCallback(void)
 Datum
 lava_wake_worker(PG_FUNCTION_ARGS)
 {
+	/* a queue in another database is not the worker's: no wake-up for it */
+	if (State != NULL && OidIsValid(State->dboid) && State->dboid != MyDatabaseId)
+		PG_RETURN_VOID();
 	RegisterWakeCallback();
 	WakeWorkerAtCommit = true;
 	PG_RETURN_VOID();

@@ -52,6 +52,7 @@ DECLARE
 	wait double precision;
 	timeout integer := lava._setting_ms('lava.request_timeout');
 	picked bigint[];
+	claimed bigint;
 	keys uuid[];
 	start_key uuid := pg_catalog.gen_random_uuid();
 	quota integer;
@@ -139,6 +140,10 @@ BEGIN
 			AND k.rate_rpm IS NULL) c
 	WHERE s.request_id = c.request_id
 	RETURNING s.request_id, s.method, c.base_url || s.endpoint, c.h, s.body::text, timeout;
+	GET DIAGNOSTICS claimed = ROW_COUNT;
+	IF claimed = pg_catalog.cardinality(picked) THEN
+		RETURN;		-- the common case took them all
+	END IF;
 
 	FOR r IN
 		SELECT q.request_id AS id, q.spend_key_id, q.endpoint, q.method, q.body, q.provider,
@@ -205,9 +210,9 @@ LANGUAGE sql STABLE
 SET enable_seqscan = off		-- min() through the queue index, whatever the statistics say
 SET jit = off
 AS $$
-	SELECT GREATEST(0, EXTRACT(epoch FROM min(next_attempt_at) - pg_catalog.clock_timestamp()))::float8
-	FROM lava.request_store WHERE status = 'queued'
-	HAVING pg_catalog.count(*) > 0
+	SELECT GREATEST(0, EXTRACT(epoch FROM d.m - pg_catalog.clock_timestamp()))::float8
+	FROM (SELECT min(q.next_attempt_at) AS m FROM lava.request_store q WHERE q.status = 'queued') d
+	WHERE d.m IS NOT NULL
 $$;
 COMMENT ON FUNCTION lava._next_due() IS 'internal (worker): seconds until the next queued request is due';
 
