@@ -49,3 +49,17 @@ test: deps
 demo: deps
 	@$(MAKE) --no-print-directory all install
 	@bash test/demo.sh
+
+# `make bench`: the performance figures against same-run baselines, one table
+# (test/bench/run.sh; BENCH=drain,enqueue,... runs a subset).  `make soak`:
+# SOAK_SECONDS (600) of steady mixed load; fails on memory growth, stranded
+# requests or counters that differ from the ledger (test/bench/soak.sh).
+bench:
+	@bash test/deps.sh
+	@$(MAKE) --no-print-directory all install
+	@bash test/bench/run.sh
+
+soak:
+	@bash test/deps.sh
+	@$(MAKE) --no-print-directory all install
+	@bash test/bench/soak.sh

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# test/bench/drain.sh: end-to-end drain throughput against a fast local
+# upstream (nginx answering a fixed chat.completions JSON).
+#
+# DRAIN_N prompts (20,000) over 1,000 keys with spend limits are queued in
+# one transaction; the clock starts just before its COMMIT, and stops at the
+# last completed_at once nothing is queued or running: claimed, sent,
+# answered, recorded and settled.  The baseline is the upstream alone: wrk
+# POSTing the same body to the same nginx at the same concurrency
+# (DRAIN_CONCURRENCY = lava.max_concurrency, 64).  The worker's memory is
+# sampled meanwhile (the "memory" rows).
+. "$(dirname "$0")/lib.sh"
+
+N=${DRAIN_N:-20000}
+CONC=${DRAIN_CONCURRENCY:-64}
+KEYS=${DRAIN_KEYS:-1000}
+
+bench_header "drain: $N queued prompts, lava.max_concurrency $CONC, $KEYS keys, nginx upstream"
+need_tools
+bench_cluster_start "lava.max_concurrency = $CONC"
+nginx_start
+catalog "$NGINX_PORT"
+make_keys "$KEYS"
+
+# warm up: connections, caches, plans
+q "$(enqueue_sql 1000 'warm up')" >/dev/null || die "warm-up enqueue failed"
+wait_drained 120 || die "warm-up did not drain"
+steady_stats
+idle_rss=$(rss_now)
+before=$(q "SELECT count(*) FROM lava.request_store")
+
+rss_sampler_start "$WORK/rss.drain"
+perf_start
+out=$(psql -X -qAt -v ON_ERROR_STOP=1 -d "$BENCH_DB" <<SQL
+BEGIN;
+$(enqueue_sql "$N" 'hello')
+SELECT extract(epoch FROM clock_timestamp());
+COMMIT;
+SQL
+) || die "enqueue failed: $out"
+t0=$(echo "$out" | tail -1)
+queued_at_commit=$(q "SELECT count(*) FROM lava.request_store WHERE status IN ('queued', 'running')")
+wait_drained "${DRAIN_TIMEOUT:-600}" || die "the queue did not drain"
+t_client=$(now_s)
+perf_stop
+sleep 0.5
+stop_bg "$RSS_PID"
+
+read -r t_last done_ok others < <(q "SELECT extract(epoch FROM max(completed_at)),
+	count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status <> 'completed')
+	FROM lava.request_store WHERE request_id > (SELECT max(request_id) FROM lava.request_store) - $N" | tr '|' ' ')
+[ "$done_ok" = "$N" ] || die "only $done_ok of $N requests completed ($others others)"
+[ "$(q "SELECT count(*) FROM lava.request_store")" = $((before + N)) ] || die "unexpected request count"
+[ "$(q "SELECT count(*) FROM lava.spend_key_store WHERE reserved_spend <> 0")" = 0 ] || die "reservations left unsettled"
+secs=$(calc "$t_last - $t0")
+rate=$(calc "$N / $secs")
+echo "  lava drained $N in $(printf %.3f "$secs") s (client-side, polling: $(printf %.3f "$(calc "$t_client - $t0")") s): $(printf '%.0f' "$rate") requests/s"
+echo "  ($queued_at_commit non-terminal right after commit)"
+
+# the upstream alone, same concurrency, same body and headers
+body=$(q "SELECT body::text FROM lava.request_store ORDER BY request_id DESC LIMIT 1")
+cat >"$WORK/post.lua" <<EOF
+wrk.method = "POST"
+wrk.body = [[$body]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench"
+EOF
+wrk_out=$(wrk -t2 -c"$CONC" -d"${WRK_SECONDS:-5}"s -s "$WORK/post.lua" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" 2>&1) ||
+	die "wrk failed: $wrk_out"
+echo "$wrk_out" | sed 's/^/  wrk: /'
+up=$(echo "$wrk_out" | awk '/^Requests\/sec:/ { print $2 }')
+[ -n "$up" ] || die "no Requests/sec from wrk"
+
+record "drain: requests/s ($N queued, nginx, conc $CONC)" "$(printf '%.0f' "$rate")" "$(printf '%.0f' "$up")" \
+	"$(calc "$rate / $up")" ">= 10000/s" "$(met "$rate >= 10000")"
+rss_report "$WORK/rss.drain" "drain ($N queued)" "$idle_rss"
+profile

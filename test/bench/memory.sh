@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# test/bench/memory.sh: the worker's memory with MEMORY_N = 10,000 requests
+# in flight at once: lava.max_concurrency 10,000, the slow upstream answering
+# after MEMORY_DELAY = 10 s, 10,000 prompts queued in one transaction.  The
+# worker's RssAnon + RssFile (its VmRSS without the shared buffers it has
+# touched) is sampled every 0.2 s; the baseline is the same, idle, before.
+# (drain.sh and slow.sh sample it too, with 20,000 queued and 512 in flight.)
+. "$(dirname "$0")/lib.sh"
+
+N=${MEMORY_N:-10000}
+DELAY=${MEMORY_DELAY:-10}
+
+bench_header "memory: $N requests in flight (slow upstream, $DELAY s)"
+need_tools
+bench_cluster_start "lava.max_concurrency = $N" "lava.request_timeout = '120s'"
+slow_start "$DELAY"
+catalog "$SLOW_PORT"
+make_keys 1000
+q "$(enqueue_sql 100 'warm up #fast')" >/dev/null || die "warm-up enqueue failed"
+wait_drained 60 || die "warm-up did not drain"
+steady_stats
+idle_rss=$(rss_now)
+
+rss_sampler_start "$WORK/rss.mem"
+q "$(enqueue_sql "$N" 'hello')" >/dev/null || die "enqueue failed"
+peak=0
+deadline=$(calc "$(now_s) + 300")
+while [ "$(busy)" = t ]; do
+	f=$(q "SELECT in_flight FROM lava.worker_status")
+	[ "${f:-0}" -gt "$peak" ] && peak=$f
+	awk "BEGIN { exit !($(now_s) > $deadline) }" && die "the queue did not drain"
+	sleep 0.2
+done
+sleep 0.5
+stop_bg "$RSS_PID"
+[ "$(q "SELECT count(*) FROM lava.request_store WHERE status <> 'completed'")" = 0 ] || die "some requests did not complete"
+echo "  in flight at most: $peak (worker_status); upstream: $(curl -fsS "http://127.0.0.1:$SLOW_PORT/_stats")"
+rss_report "$WORK/rss.mem" "$peak in flight" "$idle_rss"

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# test/bench/soak.sh: what `make soak` runs.  SOAK_SECONDS (600) of steady
+# load: pgbench enqueues SOAK_RATE (200) prompts/s (4 clients, --rate) over
+# 100 keys with spend limits, to test/bench/slow_upstream.py with a mix of
+# answers: 70% fast, 15% slow (1.5 s), 5% HTTP 500 (retried, then error), 4%
+# HTTP 400, 3% 429 with Retry-After: 1, 2% a 200 that is not JSON, 1% a 200
+# without usage.  lava.max_concurrency is SOAK_CONCURRENCY (256).  The
+# worker's memory (RssAnon + RssFile) is sampled every SOAK_SAMPLE (10) s.
+#
+# It fails (exit 1) when
+#   - the worker's mean memory over the last third of the samples exceeds
+#     that of the first third by more than 20%;
+#   - any request is still queued or running SOAK_GRACE (120) s after the load;
+#   - a key's counters differ from the ledger: total_spend from the sum of
+#     its requests' costs or from key_usage_daily, total_requests from its
+#     request count, or a reservation is still held.
+# It prints the table of the figures (metric | lava | baseline | ratio | target | met?).
+. "$(dirname "$0")/lib.sh"
+
+SECS=${SOAK_SECONDS:-600}
+RATE=${SOAK_RATE:-200}
+CONC=${SOAK_CONCURRENCY:-256}
+SAMPLE=${SOAK_SAMPLE:-10}
+GRACE=${SOAK_GRACE:-120}
+export BENCH_RESULTS=${BENCH_RESULTS:-$WORK/results.tsv}
+: >"$BENCH_RESULTS"
+
+bench_header "soak: $SECS s at $RATE prompts/s, mixed answers, lava.max_concurrency $CONC"
+bench_cluster_start "lava.max_concurrency = $CONC"
+slow_start 0.05
+catalog "$SLOW_PORT"
+make_keys 100
+steady_stats
+
+cat >"$WORK/soak.sql" <<'EOF'
+\set n random(1, 100)
+\set r random(1, 100)
+\if :r <= 70
+SELECT lava.prompt('bench-model', 'hello #fast', '{"max_tokens": 16}', (SELECT k FROM bench_keys WHERE n = :n));
+\elif :r <= 85
+SELECT lava.prompt('bench-model', 'slow #latency_ms=1500', '{"max_tokens": 16}', (SELECT k FROM bench_keys WHERE n = :n));
+\elif :r <= 90
+SELECT lava.prompt('bench-model', 'fail #status=500', '{"max_tokens": 16}', (SELECT k FROM bench_keys WHERE n = :n));
+\elif :r <= 94
+SELECT lava.prompt('bench-model', 'refused #status=400', '{"max_tokens": 16}', (SELECT k FROM bench_keys WHERE n = :n));
+\elif :r <= 97
+SELECT lava.prompt('bench-model', 'busy #status=429 #retry_after=1', '{"max_tokens": 16}', (SELECT k FROM bench_keys WHERE n = :n));
+\elif :r <= 99
+SELECT lava.prompt('bench-model', 'broken #garbage=1 #fast', '{"max_tokens": 16}', (SELECT k FROM bench_keys WHERE n = :n));
+\else
+SELECT lava.prompt('bench-model', 'unmetered #no_usage=1 #fast', '{"max_tokens": 16}', (SELECT k FROM bench_keys WHERE n = :n));
+\endif
+EOF
+
+# warm up (10 s at the same rate), then sample from the start of the load on
+bg pgbench -n -c 4 -j 2 -T 10 -R "$RATE" -M prepared -f "$WORK/soak.sql" "$BENCH_DB"
+wait "$BG_PID" || die "warm-up pgbench failed"
+pid=$(worker_pid)
+bg pgbench -n -c 4 -j 2 -T "$SECS" -R "$RATE" -M prepared -f "$WORK/soak.sql" -P 60 "$BENCH_DB"
+PGB_PID=$BG_PID
+rss_sampler_start "$WORK/rss.soak" "$SAMPLE"
+wait "$PGB_PID" || die "pgbench failed"
+echo "  load done; waiting for the queue to drain"
+wait_drained "$GRACE"
+left=$(non_terminal)
+stop_bg "$RSS_PID"
+[ "$(worker_pid)" = "$pid" ] || echo "  the worker restarted during the soak (pid $pid -> $(worker_pid))"
+
+echo "  requests by status:"
+q "SELECT status, count(*), COALESCE(sum(cost), 0) FROM lava.request_store GROUP BY 1 ORDER BY 1" | sed 's/^/    /'
+bad=$(q "SELECT count(*) FROM lava.spend_key_store k
+	WHERE k.total_spend IS DISTINCT FROM (SELECT COALESCE(sum(r.cost), 0) FROM lava.request_store r WHERE r.spend_key_id = k.spend_key_id)
+	   OR k.total_spend IS DISTINCT FROM (SELECT COALESCE(sum(d.cost), 0) FROM lava.key_usage_daily d WHERE d.spend_key_id = k.spend_key_id)
+	   OR k.total_requests IS DISTINCT FROM (SELECT count(*) FROM lava.request_store r WHERE r.spend_key_id = k.spend_key_id)
+	   OR (k.reserved_spend <> 0 AND NOT EXISTS (SELECT 1 FROM lava.request_store r
+			WHERE r.spend_key_id = k.spend_key_id AND r.status IN ('queued', 'running')))")
+
+n=$(wc -l <"$WORK/rss.soak")
+read -r first last < <(awk -v n="$n" '{ v = ($3 + $4) / 1024 }
+	NR <= n / 3 { f += v; nf++ } NR > n - n / 3 { l += v; nl++ }
+	END { printf "%.2f %.2f\n", (nf ? f / nf : 0), (nl ? l / nl : 0) }' "$WORK/rss.soak")
+echo "  worker memory samples (MB, RssAnon + RssFile; VmRSS in brackets):"
+awk '{ printf "    %s%.1f (%.1f)", (NR % 8 == 1 && NR > 1 ? "\n    " : ""), ($3 + $4) / 1024, $2 / 1024 } END { print "" }' "$WORK/rss.soak" |
+	sed 's/^    \(    \)/\1/'
+
+fail=0
+[ "$n" -ge 3 ] || { echo "soak: only $n memory samples (SOAK_SECONDS too short for SOAK_SAMPLE?)" >&2; fail=1; }
+grow=$(calc "$last / $first")
+record "soak: worker MB, last third / first third" "$last" "$first" "$grow" "<= 1.2x" "$(met "$grow <= 1.2")"
+[ "$(met "$grow <= 1.2")" = yes ] || fail=1
+record "soak: requests left non-terminal" "$left" "-" "-" "0" "$(met "$left == 0")"
+[ "$left" = 0 ] || fail=1
+record "soak: keys whose counters differ from ledger" "$bad" "-" "-" "0" "$(met "$bad == 0")"
+[ "$bad" = 0 ] || fail=1
+total=$(q "SELECT count(*) FROM lava.request_store")
+record "soak: requests queued (of rate x time)" "$total" "$(calc "($SECS + 10) * $RATE")" \
+	"$(calc "$total / (($SECS + 10) * $RATE)")" "(report)" "-"
+print_table "$BENCH_RESULTS"
+[ "$fail" = 0 ] || { echo "soak: FAILED" >&2; exit 1; }
+echo "soak: passed"
