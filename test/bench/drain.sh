@@ -31,14 +31,7 @@ before=$(q "SELECT count(*) FROM lava.request_store")
 
 rss_sampler_start "$WORK/rss.drain"
 perf_start
-out=$(psql -X -qAt -v ON_ERROR_STOP=1 -d "$BENCH_DB" <<SQL
-BEGIN;
-$(enqueue_sql "$N" 'hello')
-SELECT extract(epoch FROM clock_timestamp());
-COMMIT;
-SQL
-) || die "enqueue failed: $out"
-t0=$(echo "$out" | tail -1)
+t0=$(enqueue_committed "$N" hello) || exit 1
 queued_at_commit=$(q "SELECT count(*) FROM lava.request_store WHERE status IN ('queued', 'running')")
 wait_drained "${DRAIN_TIMEOUT:-600}" || die "the queue did not drain"
 t_client=$(now_s)

@@ -259,6 +259,20 @@ enqueue_sql() {
 	echo "SELECT count(lava.prompt('bench-model', '$prompt', '{\"max_tokens\": 16}', $keyexpr)) FROM generate_series(1, $n) g;"
 }
 
+# enqueue_committed N TEXT: queues N prompts (enqueue_sql) in one transaction
+# and prints the clock read just before its COMMIT: where drain timings start.
+enqueue_committed() {
+	local out
+	out=$(psql -X -qAt -v ON_ERROR_STOP=1 -d "$BENCH_DB" <<SQL
+BEGIN;
+$(enqueue_sql "$1" "$2")
+SELECT extract(epoch FROM clock_timestamp());
+COMMIT;
+SQL
+) || die "enqueue failed: $out"
+	echo "$out" | tail -1
+}
+
 # steady_stats [DB]: VACUUM ANALYZE, as autovacuum would have done by now on a
 # server that has been running: the benches set up keys and warm up within
 # seconds, and without it the planner would plan for the empty tables of

@@ -107,15 +107,8 @@ CHECKPOINT;
 SQL
 }
 drain_rate() {	# drain_rate: queues $DN prompts in one transaction, prints requests/s to the last completed_at
-	local out t0 t_last
-	out=$(psql -X -qAt -v ON_ERROR_STOP=1 -d "$BENCH_DB" <<SQL
-BEGIN;
-$(enqueue_sql "$DN" 'hello')
-SELECT extract(epoch FROM clock_timestamp());
-COMMIT;
-SQL
-) || die "enqueue failed: $out"
-	t0=$(echo "$out" | tail -1)
+	local t0 t_last
+	t0=$(enqueue_committed "$DN" hello) || exit 1
 	wait_drained 600 || die "the queue did not drain"
 	t_last=$(q "SELECT extract(epoch FROM max(completed_at)) FROM lava.request_store WHERE status = 'completed'")
 	calc "$DN / ($t_last - $t0)"

@@ -32,14 +32,7 @@ steady_stats
 idle_rss=$(rss_now)
 
 rss_sampler_start "$WORK/rss.slow"
-out=$(psql -X -qAt -v ON_ERROR_STOP=1 -d "$BENCH_DB" <<SQL
-BEGIN;
-$(enqueue_sql "$N" 'hello')
-SELECT extract(epoch FROM clock_timestamp());
-COMMIT;
-SQL
-) || die "enqueue failed: $out"
-t0=$(echo "$out" | tail -1)
+t0=$(enqueue_committed "$N" hello) || exit 1
 wait_drained 600 || die "the queue did not drain"
 read -r t_last done_ok < <(q "SELECT extract(epoch FROM max(completed_at)), count(*) FILTER (WHERE status = 'completed')
 	FROM lava.request_store WHERE request_id > (SELECT max(request_id) FROM lava.request_store) - $N" | tr '|' ' ')
