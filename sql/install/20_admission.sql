@@ -138,56 +138,80 @@ $$;
 COMMENT ON FUNCTION lava._admit(text, text, text, numeric) IS
 	'internal: the admission core; admits one request through a spend key or raises why not';
 
--- Settles one admitted request: releases its reservation and, when `cost` is
--- not NULL, charges it to the period it was admitted in and the lifetime
--- totals.  cost NULL releases without charging (a request cancelled before
--- it was sent).  Either way the request enters the daily ledger under its
--- day of admission.  Works on revoked keys too.
+-- Settles admitted requests, one array element each: releases each
+-- reservation and, when its cost is not NULL, charges the cost to the period
+-- the request was admitted in and to the lifetime totals; a NULL cost
+-- releases without charging (a request cancelled before it was sent).
+-- Either way each request enters the daily ledger under its day of
+-- admission.  One UPDATE per key and one upsert per key and day, whatever
+-- the number of requests: the worker settles its batches through it.
+-- Works on revoked keys too.
+CREATE FUNCTION lava._settle_many(spend_key_ids uuid[], admitted_ats timestamptz[], reservations numeric[],
+								  costs numeric[], input_tokens bigint[], output_tokens bigint[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+	now_ts timestamptz := pg_catalog.clock_timestamp();
+BEGIN
+	WITH d AS MATERIALIZED (
+		SELECT x.id, x.admitted_at, x.reservation, x.cost, x.in_t, x.out_t
+		FROM unnest(spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens)
+			 AS x(id, admitted_at, reservation, cost, in_t, out_t)
+	),
+	settled AS (
+		UPDATE lava.spend_key_store k SET
+			reserved_spend = pg_catalog.trim_scale(GREATEST(k.reserved_spend - a.reserved, 0)),
+			spend_period_start = GREATEST(lava._period_start(k.spend_cycle, now_ts), k.spend_period_start),
+			period_spend = pg_catalog.trim_scale(
+				CASE WHEN lava._period_start(k.spend_cycle, now_ts) > k.spend_period_start THEN 0 ELSE k.period_spend END
+				+ a.current_cost),
+			total_spend = pg_catalog.trim_scale(k.total_spend + a.total_cost)
+		FROM (SELECT d.id, COALESCE(sum(d.reservation), 0) AS reserved, COALESCE(sum(d.cost), 0) AS total_cost,
+					 COALESCE(sum(d.cost) FILTER (WHERE d.admitted_at >=
+						 GREATEST(lava._period_start(k2.spend_cycle, now_ts), k2.spend_period_start)), 0) AS current_cost
+			  FROM d JOIN lava.spend_key_store k2 ON k2.spend_key_id = d.id
+			  GROUP BY d.id) a
+		WHERE k.spend_key_id = a.id
+		RETURNING 1
+	)
+	INSERT INTO lava.key_usage_daily AS dl (spend_key_id, day, requests, input_tokens, output_tokens, cost)
+	SELECT d.id, (d.admitted_at AT TIME ZONE 'UTC')::date, pg_catalog.count(*),
+		   COALESCE(sum(d.in_t) FILTER (WHERE d.cost IS NOT NULL), 0),
+		   COALESCE(sum(d.out_t) FILTER (WHERE d.cost IS NOT NULL), 0),
+		   pg_catalog.trim_scale(COALESCE(sum(d.cost), 0))
+	FROM d
+	GROUP BY 1, 2
+	ON CONFLICT ON CONSTRAINT key_usage_daily_pkey DO UPDATE SET
+		requests = dl.requests + EXCLUDED.requests,
+		input_tokens = dl.input_tokens + EXCLUDED.input_tokens,
+		output_tokens = dl.output_tokens + EXCLUDED.output_tokens,
+		cost = pg_catalog.trim_scale(dl.cost + EXCLUDED.cost);
+END
+$$;
+COMMENT ON FUNCTION lava._settle_many(uuid[], timestamptz[], numeric[], numeric[], bigint[], bigint[]) IS
+	'internal: the settlement core; replaces reservations by actual costs, or releases them, in bulk';
+
+-- Settles one admitted request (lava._settle_many for one), refusing a
+-- negative cost or an unknown key.
 CREATE FUNCTION lava._settle(spend_key_id uuid, admitted_at timestamptz, reservation numeric,
 							 cost numeric, input_tokens bigint DEFAULT 0, output_tokens bigint DEFAULT 0)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
-#variable_conflict use_variable
-DECLARE
-	id uuid := spend_key_id;
-	k lava.spend_key_store;
-	sp_start timestamptz;
-	cur_spend numeric;
 BEGIN
 	IF cost < 0 THEN
 		PERFORM lava._raise('22023', 'invalid cost: must not be negative', NULL, NULL);
 	END IF;
-	SELECT * INTO k FROM lava.spend_key_store s WHERE s.spend_key_id = id FOR UPDATE;
-	IF NOT FOUND THEN
-		PERFORM lava._raise('P0002', pg_catalog.format('spend key %s not found', id), NULL, NULL);
+	IF NOT EXISTS (SELECT 1 FROM lava.spend_key_store s WHERE s.spend_key_id = _settle.spend_key_id) THEN
+		PERFORM lava._raise('P0002', pg_catalog.format('spend key %s not found', spend_key_id), NULL, NULL);
 	END IF;
-	sp_start := lava._period_start(k.spend_cycle, pg_catalog.clock_timestamp());
-	cur_spend := CASE WHEN sp_start > k.spend_period_start THEN 0 ELSE k.period_spend END;
-	IF sp_start < k.spend_period_start THEN
-		sp_start := k.spend_period_start;
-	END IF;
-
-	UPDATE lava.spend_key_store s SET
-		reserved_spend = pg_catalog.trim_scale(GREATEST(s.reserved_spend - COALESCE(reservation, 0), 0)),
-		spend_period_start = sp_start,
-		period_spend = pg_catalog.trim_scale(cur_spend + CASE WHEN cost IS NOT NULL AND admitted_at >= sp_start THEN cost ELSE 0 END),
-		total_spend = pg_catalog.trim_scale(s.total_spend + COALESCE(cost, 0))
-	WHERE s.spend_key_id = id;
-
-	INSERT INTO lava.key_usage_daily AS d (spend_key_id, day, requests, input_tokens, output_tokens, cost)
-	VALUES (id, (admitted_at AT TIME ZONE 'UTC')::date, 1,
-			CASE WHEN cost IS NOT NULL THEN COALESCE(input_tokens, 0) ELSE 0 END,
-			CASE WHEN cost IS NOT NULL THEN COALESCE(output_tokens, 0) ELSE 0 END, COALESCE(cost, 0))
-	ON CONFLICT ON CONSTRAINT key_usage_daily_pkey DO UPDATE SET
-		requests = d.requests + 1,
-		input_tokens = d.input_tokens + EXCLUDED.input_tokens,
-		output_tokens = d.output_tokens + EXCLUDED.output_tokens,
-		cost = pg_catalog.trim_scale(d.cost + EXCLUDED.cost);
+	PERFORM lava._settle_many(ARRAY[spend_key_id], ARRAY[admitted_at], ARRAY[reservation], ARRAY[cost],
+							  ARRAY[input_tokens], ARRAY[output_tokens]);
 END
 $$;
 COMMENT ON FUNCTION lava._settle(uuid, timestamptz, numeric, numeric, bigint, bigint) IS
-	'internal: the settlement core; replaces a reservation by the actual cost, or releases it';
+	'internal: settles one admitted request through lava._settle_many';
 
 CREATE FUNCTION lava._take_token(spend_key_id uuid, rpm integer, burst integer)
 RETURNS double precision

@@ -249,8 +249,9 @@ COMMENT ON FUNCTION lava._tokens(text) IS 'internal: a token count, or NULL when
 --     the admission-time prices, or its reservation when usage is missing;
 --   error: a 2xx that is not JSON (charged its reservation: the upstream did
 --     the work), or any other answer (charged nothing).
--- Each terminal request settles its reservation once: the key counters (its
--- cost in the period it was admitted in), the daily ledger, NOTIFY.
+-- Each terminal request settles its reservation once, through
+-- lava._settle_many (the key counters, its cost in the period it was
+-- admitted in, the daily ledger), and is notified.
 CREATE FUNCTION lava._complete(ids bigint[], http_statuses integer[], bodies text[], errors text[],
 							   retry_afters double precision[],
 							   OUT completed integer, OUT failed integer, OUT requeued integer)
@@ -259,7 +260,14 @@ AS $$
 DECLARE
 	max_attempts integer := pg_catalog.current_setting('lava.max_attempts')::integer;
 	now_ts timestamptz := pg_catalog.clock_timestamp();
-	notified integer;
+	done_ids bigint[];
+	done_statuses text[];
+	key_ids uuid[];
+	admitted_ats timestamptz[];
+	reservations numeric[];
+	charges numeric[];
+	in_tokens bigint[];
+	out_tokens bigint[];
 BEGIN
 	WITH u AS MATERIALIZED (
 		SELECT x.id, COALESCE(x.st, 0) AS st, x.body::jsonb AS resp, x.err, x.ra
@@ -323,53 +331,28 @@ BEGIN
 		WHERE s.request_id = p.request_id AND s.status = 'running'
 		RETURNING s.request_id, s.spend_key_id, s.admitted_at, s.reservation, s.status, p.outcome, p.charge,
 				  s.input_tokens, s.output_tokens
-	),
-	done AS (
-		SELECT * FROM upd WHERE upd.outcome <> 'retry'
-	),
-	settled AS (
-		UPDATE lava.spend_key_store k SET
-			reserved_spend = pg_catalog.trim_scale(GREATEST(k.reserved_spend - a.reserved, 0)),
-			spend_period_start = GREATEST(lava._period_start(k.spend_cycle, now_ts), k.spend_period_start),
-			period_spend = pg_catalog.trim_scale(
-				CASE WHEN lava._period_start(k.spend_cycle, now_ts) > k.spend_period_start THEN 0 ELSE k.period_spend END
-				+ a.current_cost),
-			total_spend = pg_catalog.trim_scale(k.total_spend + a.total_cost)
-		FROM (SELECT d.spend_key_id, sum(d.reservation) AS reserved, COALESCE(sum(d.charge), 0) AS total_cost,
-					 COALESCE(sum(d.charge) FILTER (WHERE d.admitted_at >=
-						 GREATEST(lava._period_start(k2.spend_cycle, now_ts), k2.spend_period_start)), 0) AS current_cost
-			  FROM done d JOIN lava.spend_key_store k2 ON k2.spend_key_id = d.spend_key_id
-			  GROUP BY d.spend_key_id) a
-		WHERE k.spend_key_id = a.spend_key_id
-		RETURNING 1
-	),
-	ledger AS (
-		INSERT INTO lava.key_usage_daily AS dl (spend_key_id, day, requests, input_tokens, output_tokens, cost)
-		SELECT d.spend_key_id, (d.admitted_at AT TIME ZONE 'UTC')::date, pg_catalog.count(*),
-			   COALESCE(sum(d.input_tokens), 0), COALESCE(sum(d.output_tokens), 0),
-			   pg_catalog.trim_scale(COALESCE(sum(d.charge), 0))
-		FROM done d
-		GROUP BY 1, 2
-		ON CONFLICT ON CONSTRAINT key_usage_daily_pkey DO UPDATE SET
-			requests = dl.requests + EXCLUDED.requests,
-			input_tokens = dl.input_tokens + EXCLUDED.input_tokens,
-			output_tokens = dl.output_tokens + EXCLUDED.output_tokens,
-			cost = pg_catalog.trim_scale(dl.cost + EXCLUDED.cost)
-		RETURNING 1
-	),
-	notes AS (
-		SELECT pg_catalog.pg_notify('lava_requests',
-			pg_catalog.jsonb_build_object('request_id', d.request_id, 'status', d.status)::text)
-		FROM done d
 	)
 	SELECT COALESCE(sum(1) FILTER (WHERE upd.outcome = 'completed'), 0),
 		   COALESCE(sum(1) FILTER (WHERE upd.outcome IN ('error', 'garbage')), 0),
 		   COALESCE(sum(1) FILTER (WHERE upd.outcome = 'retry'), 0),
-		   (SELECT pg_catalog.count(*) FROM notes) + (SELECT pg_catalog.count(*) FROM settled) * 0
-		   + (SELECT pg_catalog.count(*) FROM ledger) * 0
-	INTO completed, failed, requeued, notified
+		   pg_catalog.array_agg(upd.request_id) FILTER (WHERE upd.outcome <> 'retry'),
+		   pg_catalog.array_agg(upd.status) FILTER (WHERE upd.outcome <> 'retry'),
+		   pg_catalog.array_agg(upd.spend_key_id) FILTER (WHERE upd.outcome <> 'retry'),
+		   pg_catalog.array_agg(upd.admitted_at) FILTER (WHERE upd.outcome <> 'retry'),
+		   pg_catalog.array_agg(upd.reservation) FILTER (WHERE upd.outcome <> 'retry'),
+		   pg_catalog.array_agg(upd.charge) FILTER (WHERE upd.outcome <> 'retry'),
+		   pg_catalog.array_agg(upd.input_tokens) FILTER (WHERE upd.outcome <> 'retry'),
+		   pg_catalog.array_agg(upd.output_tokens) FILTER (WHERE upd.outcome <> 'retry')
+	INTO completed, failed, requeued, done_ids, done_statuses, key_ids, admitted_ats, reservations, charges,
+		 in_tokens, out_tokens
 	FROM upd;
-	IF completed + failed > 0 THEN
+
+	-- every terminal request: settled once, notified, awaiters woken
+	IF done_ids IS NOT NULL THEN
+		PERFORM lava._settle_many(key_ids, admitted_ats, reservations, charges, in_tokens, out_tokens);
+		PERFORM pg_catalog.pg_notify('lava_requests',
+			pg_catalog.jsonb_build_object('request_id', n.id, 'status', n.status)::text)
+		FROM unnest(done_ids, done_statuses) AS n(id, status);
 		PERFORM lava._wake_awaiters();
 	END IF;
 END
