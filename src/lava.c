@@ -28,6 +28,7 @@ int			lava_request_timeout_ms = 60000;
 int			lava_max_attempts = 3;
 int			lava_request_ttl_s = 7 * 24 * 3600;
 int			lava_max_rate_limited_keys = 10000;
+int			lava_max_key_concurrency = 0;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -94,6 +95,11 @@ _PG_init(void)
 	DefineCustomIntVariable("lava.max_concurrency",
 							"Maximum number of upstream calls in flight.",
 							NULL, &lava_max_concurrency, 64, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("lava.max_key_concurrency",
+							"Maximum number of upstream calls in flight for one spend key.",
+							"0 means lava.max_concurrency minus a sixteenth of it, so that one key's backlog leaves room for other keys.",
+							&lava_max_key_concurrency, 0, 0, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lava.request_timeout",
 							"Timeout of one upstream call.",

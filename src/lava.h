@@ -21,6 +21,7 @@ extern int	lava_request_timeout_ms;
 extern int	lava_max_attempts;
 extern int	lava_request_ttl_s;
 extern int	lava_max_rate_limited_keys;
+extern int	lava_max_key_concurrency;
 
 /* rate limiting: token buckets in shared memory (ratelimit.c) */
 extern Size LavaRateLimitShmemSize(void);
@@ -42,6 +43,13 @@ extern void LavaStateAddCounts(int64 claimed, int64 completed, int64 failed);
 extern void LavaStateSetLastError(const char *message);
 extern bool LavaStateLeaveRequested(void);
 extern void LavaStateBumpGeneration(void);
+
+/* the worker's calls in flight per key and the per-key cap (keyload.c) */
+extern void LavaKeyLoadReset(void);
+extern int	LavaKeyCap(void);
+extern void LavaKeyLoadAdd(int64 id, const pg_uuid_t *key);
+extern bool LavaKeyLoadDone(int64 id);
+extern int	LavaKeyLoadNearCap(int want, pg_uuid_t **keys, int **rooms);
 
 /* the background worker (worker.c) */
 extern PGDLLEXPORT void LavaWorkerMain(Datum main_arg);

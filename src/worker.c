@@ -82,6 +82,8 @@
 typedef struct Claimed
 {
 	int64		id;
+	pg_uuid_t	key;			/* the spend key it goes through */
+	bool		has_key;
 	char	   *method;
 	char	   *url;
 	char	  **headers;		/* "Name: value"; hold API keys */
@@ -117,6 +119,7 @@ typedef struct ClaimWork
 	Claimed    *rows;			/* out, in LoopContext */
 	int			nrows;
 	double		next_due;		/* out: seconds, < 0 when nothing is queued */
+	bool		capped;			/* out: per-key caps may have held rows back */
 } ClaimWork;
 
 typedef struct CompleteWork
@@ -180,6 +183,7 @@ RestartHttp(void)
 	WaitSet = NULL;
 	LavaHttpDestroy(Http);
 	Http = NULL;
+	LavaKeyLoadReset();
 	StartHttp();
 }
 
@@ -270,6 +274,8 @@ TakeResults(void)
 		}
 		AddOutcome((int64) r.id, status, body, len, error, r.retry_after);
 		LavaHttpResultFree(&r);
+		if (LavaKeyLoadDone((int64) r.id))
+			ClaimWanted = true; /* its key was at its cap: it may take more */
 	}
 }
 
@@ -456,12 +462,17 @@ CopyClaimed(HeapTuple tup, TupleDesc desc, Claimed *c)
 	c->id = DatumGetInt64(d);
 
 	d = SPI_getbinval(tup, desc, 2, &isnull);
-	c->method = isnull ? NULL : CopyText(d, NULL);
+	c->has_key = !isnull;
+	if (!isnull)
+		memcpy(&c->key, DatumGetUUIDP(d), sizeof(pg_uuid_t));
 
 	d = SPI_getbinval(tup, desc, 3, &isnull);
-	c->url = isnull ? MemoryContextStrdup(LoopContext, "") : CopyText(d, NULL);
+	c->method = isnull ? NULL : CopyText(d, NULL);
 
 	d = SPI_getbinval(tup, desc, 4, &isnull);
+	c->url = isnull ? MemoryContextStrdup(LoopContext, "") : CopyText(d, NULL);
+
+	d = SPI_getbinval(tup, desc, 5, &isnull);
 	if (!isnull)
 	{
 		Datum	   *elems;
@@ -479,10 +490,10 @@ CopyClaimed(HeapTuple tup, TupleDesc desc, Claimed *c)
 		}
 	}
 
-	d = SPI_getbinval(tup, desc, 5, &isnull);
+	d = SPI_getbinval(tup, desc, 6, &isnull);
 	c->body = isnull ? NULL : CopyText(d, &c->body_len);
 
-	d = SPI_getbinval(tup, desc, 6, &isnull);
+	d = SPI_getbinval(tup, desc, 7, &isnull);
 	c->timeout_ms = isnull ? lava_request_timeout_ms : DatumGetInt32(d);
 }
 
@@ -516,22 +527,43 @@ static SPIPlanPtr ClaimPlan = NULL;
 static SPIPlanPtr NextDuePlan = NULL;
 static SPIPlanPtr CompletePlan = NULL;
 
-/* The claim step: lava._claim($1) and lava._next_due(). */
+/*
+ * The claim step: lava._claim($1, the per-key cap, the keys near it and
+ * their room) and lava._next_due().
+ */
 static void
 ClaimStep(void *arg)
 {
-	static const Oid claim_types[] = {INT8OID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTOID, INT4OID};
+	static const Oid claim_types[] = {INT8OID, UUIDOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTOID, INT4OID};
 	ClaimWork  *w = (ClaimWork *) arg;
-	Oid			argtypes[1] = {INT4OID};
-	Datum		values[1];
+	Oid			argtypes[4] = {INT4OID, INT4OID, UUIDARRAYOID, INT4ARRAYOID};
+	Datum		values[4];
+	pg_uuid_t  *near_keys;
+	int		   *near_rooms;
+	int			nnear;
+	Datum	   *key_datums;
+	Datum	   *room_datums;
+	int			cap = LavaKeyCap();
 	bool		isnull;
 	Datum		d;
 	uint64		i;
 
+	nnear = LavaKeyLoadNearCap(w->want, &near_keys, &near_rooms);
+	key_datums = palloc(sizeof(Datum) * Max(nnear, 1));
+	room_datums = palloc(sizeof(Datum) * Max(nnear, 1));
+	for (i = 0; i < nnear; i++)
+	{
+		key_datums[i] = UUIDPGetDatum(&near_keys[i]);
+		room_datums[i] = Int32GetDatum(near_rooms[i]);
+	}
+	w->capped = nnear > 0 || w->want > cap;
 	values[0] = Int32GetDatum(w->want);
+	values[1] = Int32GetDatum(cap);
+	values[2] = PointerGetDatum(construct_array(key_datums, nnear, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	values[3] = PointerGetDatum(construct_array(room_datums, nnear, INT4OID, sizeof(int32), true, TYPALIGN_INT));
 	CheckSpi(SPI_execute_plan(SavedPlan(&ClaimPlan,
-										"SELECT request_id, method, url, headers, body, timeout_ms "
-										"FROM lava._claim($1::int)", 1, argtypes),
+										"SELECT request_id, spend_key_id, method, url, headers, body, timeout_ms "
+										"FROM lava._claim($1::int, $2::int, $3::uuid[], $4::int[])", 4, argtypes),
 							  values, NULL, false, 0),
 			 SPI_OK_SELECT, "lava._claim");
 	CheckColumns(SPI_tuptable->tupdesc, claim_types, lengthof(claim_types), "lava._claim");
@@ -799,6 +831,8 @@ Submit(Claimed *c)
 		snprintf(msg, sizeof(msg), "could not start the upstream call: %s", err);
 		AddOutcome(c->id, 0, NULL, 0, msg, -1);
 	}
+	else if (c->has_key)
+		LavaKeyLoadAdd(c->id, &c->key);
 	/* curl has its own copy now; these hold API keys */
 	for (i = 0; i < c->nheaders; i++)
 		explicit_bzero(c->headers[i], strlen(c->headers[i]));
@@ -827,7 +861,8 @@ ClaimAndSubmit(void)
 	if (w.next_due >= 0)
 		wait_ms = Min(wait_ms, Max(ceil(w.next_due * 1000.0), MIN_DUE_WAIT_MS));
 	NextClaimAt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (long) wait_ms);
-	ClaimWanted = w.nrows == w.want;
+	/* (when caps held rows back, others' due rows may be left: look again) */
+	ClaimWanted = w.nrows == w.want || (w.capped && w.nrows > 0);
 	if (w.nrows > 0)
 		LavaStateAddCounts(w.nrows, 0, 0);
 	for (i = 0; i < w.nrows; i++)

@@ -35,12 +35,18 @@ COMMENT ON FUNCTION lava._headers(text, text, jsonb) IS 'internal: the upstream 
 -- (one more attempt) and are returned with URL, headers (holding the
 -- provider's API key) and body.
 --
+-- The worker passes its per-key cap (lava.max_key_concurrency) and, for
+-- the keys that could pass it in this claim, the room each has left; a key
+-- never gets more than that, so one key's backlog cannot hold every slot.
+--
 -- The queue's statistics are often stale (it fills and drains faster than
 -- autovacuum analyses it), so the plans must not depend on them: every
 -- ORDER BY matches an index, and sorting is disabled inside the function
 -- (and JIT, which the resulting cost estimates would otherwise trigger).
-CREATE FUNCTION lava._claim(max_n integer)
-RETURNS TABLE (request_id bigint, method text, url text, headers text[], body text, timeout_ms integer)
+CREATE FUNCTION lava._claim(max_n integer, key_cap integer DEFAULT NULL,
+							near_keys uuid[] DEFAULT '{}', near_rooms integer[] DEFAULT '{}')
+RETURNS TABLE (request_id bigint, spend_key_id uuid, method text, url text, headers text[], body text,
+			   timeout_ms integer)
 LANGUAGE plpgsql VOLATILE
 SET enable_sort = off
 SET jit = off
@@ -54,6 +60,7 @@ DECLARE
 	picked bigint[];
 	claimed bigint;
 	keys uuid[];
+	full_keys uuid[];		-- keys at their cap: none of theirs this time
 	start_key uuid := pg_catalog.gen_random_uuid();
 	quota integer;
 	waiting jsonb := '{}';		-- per paced key: [seconds to its next token, requests already put behind it]
@@ -99,6 +106,7 @@ BEGIN
 		RETURN;
 	END IF;
 	quota := GREATEST(1, CEIL(max_n::numeric / pg_catalog.cardinality(keys)))::integer;
+	full_keys := ARRAY(SELECT n.k FROM ROWS FROM (pg_catalog.unnest(near_keys), pg_catalog.unnest(near_rooms)) AS n(k, room) WHERE n.room <= 0);
 	picked := ARRAY(
 		SELECT t.request_id
 		FROM pg_catalog.unnest(keys) AS kk(k)
@@ -109,7 +117,7 @@ BEGIN
 			WHERE q.spend_key_id >= kk.k AND q.spend_key_id <= kk.k
 			  AND q.status = 'queued' AND q.next_attempt_at <= now_ts
 			ORDER BY q.spend_key_id, q.next_attempt_at, q.request_id
-			LIMIT quota
+			LIMIT LEAST(quota, COALESCE(near_rooms[pg_catalog.array_position(near_keys, kk.k)], key_cap, quota))
 			FOR UPDATE SKIP LOCKED) t
 		LIMIT max_n);
 	-- slots the shares left free go to the oldest due requests of any key
@@ -117,9 +125,25 @@ BEGIN
 		picked := picked || ARRAY(
 			SELECT q.request_id FROM lava.request_store q
 			WHERE q.status = 'queued' AND q.next_attempt_at <= now_ts AND q.request_id <> ALL (picked)
+			  AND q.spend_key_id <> ALL (full_keys)
 			ORDER BY q.next_attempt_at, q.request_id
 			LIMIT max_n - pg_catalog.cardinality(picked)
 			FOR UPDATE SKIP LOCKED);
+	END IF;
+	-- Per-key caps (lava.max_key_concurrency): keep, in claim order, no more
+	-- of a key's requests than the room it has left (key_cap for a key with
+	-- nothing in flight); the rows left out stay queued.
+	IF key_cap IS NOT NULL AND pg_catalog.cardinality(picked) > 0
+	   AND (max_n > key_cap OR pg_catalog.cardinality(near_keys) > 0) THEN
+		picked := ARRAY(
+			SELECT c.id FROM (
+				SELECT u.id, u.ord,
+					   pg_catalog.row_number() OVER (PARTITION BY q.spend_key_id ORDER BY u.ord) AS rn,
+					   COALESCE(near_rooms[pg_catalog.array_position(near_keys, q.spend_key_id)], key_cap) AS room
+				FROM pg_catalog.unnest(picked) WITH ORDINALITY AS u(id, ord)
+				JOIN lava.request_store q ON q.request_id = u.id) c
+			WHERE c.rn <= c.room
+			ORDER BY c.ord);
 	END IF;
 	IF pg_catalog.cardinality(picked) = 0 THEN
 		RETURN;
@@ -139,7 +163,7 @@ BEGIN
 		  WHERE k.revoked_at IS NULL AND k.status = 'active' AND (k.expires_at IS NULL OR k.expires_at > now_ts)
 			AND k.rate_rpm IS NULL) c
 	WHERE s.request_id = c.request_id
-	RETURNING s.request_id, s.method, c.base_url || s.endpoint, c.h, s.body::text, timeout;
+	RETURNING s.request_id, s.spend_key_id, s.method, c.base_url || s.endpoint, c.h, s.body::text, timeout;
 	GET DIAGNOSTICS claimed = ROW_COUNT;
 	IF claimed = pg_catalog.cardinality(picked) THEN
 		RETURN;		-- the common case took them all
@@ -190,6 +214,7 @@ BEGIN
 		SET status = 'running', attempts = s.attempts + 1, started_at = COALESCE(s.started_at, now_ts)
 		WHERE s.request_id = r.id;
 		request_id := r.id;
+		spend_key_id := r.spend_key_id;
 		method := r.method;
 		url := r.base_url || r.endpoint;
 		headers := lava._headers(r.request_shape, r.api_key, r.extra);
@@ -199,7 +224,7 @@ BEGIN
 	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION lava._claim(integer) IS
+COMMENT ON FUNCTION lava._claim(integer, integer, uuid[], integer[]) IS
 	'internal (worker): claims due requests for sending, cancelling those whose key became unusable and pacing rate-limited keys';
 
 -- Seconds until the earliest queued request is due (0 when one is due now,
