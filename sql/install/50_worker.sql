@@ -68,10 +68,11 @@ BEGIN
 	-- The queue fills and drains faster than autovacuum analyses it, and a
 	-- partial index built on an empty table looks empty to the planner until
 	-- then (it would scan the whole queue for every lookup).  Analyse when a
-	-- quarter of the table changed since the last time.
+	-- quarter of the table changed since the last time: the columns the
+	-- queue's plans filter on only (the table's row count comes with it).
 	IF pg_catalog.pg_stat_get_mod_since_analyze('lava.request_store'::regclass)
 	   > GREATEST(5000, (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = 'lava.request_store'::regclass) / 4) THEN
-		ANALYZE (SKIP_LOCKED) lava.request_store;
+		ANALYZE (SKIP_LOCKED) lava.request_store (status, spend_key_id, next_attempt_at, request_id);
 	END IF;
 
 	-- Fair shares: up to 64 keys (and no more than max_n) with queued work, found by a loose index
@@ -151,15 +152,18 @@ BEGIN
 
 	-- (driven from the picked ids: a join that starts from the key table
 	-- makes a generic plan probe the queue once per key)
+	-- (the headers once per provider, not once per request)
 	RETURN QUERY
+	WITH p AS MATERIALIZED (
+		SELECT pr.name, pr.base_url, lava._headers(pr.request_shape, pr.api_key, pr.headers) AS h
+		FROM lava.providers pr WHERE pr.enabled)
 	UPDATE lava.request_store s
 	SET status = 'running', attempts = s.attempts + 1, started_at = COALESCE(s.started_at, now_ts)
 	FROM (SELECT q.request_id, p.base_url, p.h
 		  FROM pg_catalog.unnest(picked) AS u(id)
 		  JOIN lava.request_store q ON q.request_id = u.id
 		  JOIN lava.spend_key_store k ON k.spend_key_id = q.spend_key_id
-		  JOIN (SELECT pr.name, pr.base_url, lava._headers(pr.request_shape, pr.api_key, pr.headers) AS h
-				FROM lava.providers pr WHERE pr.enabled) p ON p.name = q.provider
+		  JOIN p ON p.name = q.provider
 		  WHERE k.revoked_at IS NULL AND k.status = 'active' AND (k.expires_at IS NULL OR k.expires_at > now_ts)
 			AND k.rate_rpm IS NULL) c
 	WHERE s.request_id = c.request_id
