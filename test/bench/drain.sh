@@ -31,10 +31,13 @@ before=$(q "SELECT count(*) FROM lava.request_store")
 
 rss_sampler_start "$WORK/rss.drain"
 perf_start
+wpid=$(worker_pid)
+cpu0=$(cpu_ticks "$wpid")
 t0=$(enqueue_committed "$N" hello) || exit 1
 queued_at_commit=$(q "SELECT count(*) FROM lava.request_store WHERE status IN ('queued', 'running')")
 wait_drained "${DRAIN_TIMEOUT:-600}" || die "the queue did not drain"
 t_client=$(now_s)
+cpu1=$(cpu_ticks "$wpid")
 perf_stop
 sleep 0.5
 stop_bg "$RSS_PID"
@@ -49,6 +52,12 @@ secs=$(calc "$t_last - $t0")
 rate=$(calc "$N / $secs")
 echo "  lava drained $N in $(printf %.3f "$secs") s (client-side, polling: $(printf %.3f "$(calc "$t_client - $t0")") s): $(printf '%.0f' "$rate") requests/s"
 echo "  ($queued_at_commit non-terminal right after commit)"
+# the worker's own CPU time over the drain: near the wall time means the
+# worker is the bottleneck; far below means it waits (on the upstream, on
+# the others sharing the cores)
+wcpu=$(calc "($cpu1 - $cpu0) / $(getconf CLK_TCK)")
+echo "  worker CPU: $(printf %.2f "$wcpu") s user+system over $(printf %.2f "$(calc "$t_client - $t0")") s wall:" \
+	"$(printf %.0f "$(calc "$wcpu * 1000000 / $N")") us per request"
 
 # the upstream alone, same concurrency, same body and headers
 body=$(q "SELECT body::text FROM lava.request_store ORDER BY request_id DESC LIMIT 1")

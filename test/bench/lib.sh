@@ -168,6 +168,9 @@ wait_worker() {
 # worker_pid: the pid of the lava worker.
 worker_pid() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lava worker'" postgres; }
 
+# cpu_ticks PID: the process's user + system CPU time so far, in clock ticks
+cpu_ticks() { awk '{ print $14 + $15 }' /proc/"$1"/stat; }
+
 # nginx_start: nginx on a free 127.0.0.1 port answering every request with a
 # fixed chat.completions JSON with usage; sets NGINX_PORT.
 NGINX_BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"bench reply"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}'
