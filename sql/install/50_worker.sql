@@ -67,12 +67,13 @@ DECLARE
 BEGIN
 	-- The queue fills and drains faster than autovacuum analyses it, and a
 	-- partial index built on an empty table looks empty to the planner until
-	-- then (it would scan the whole queue for every lookup).  Analyse when a
-	-- quarter of the table changed since the last time.  (All columns: an
+	-- then (it would scan the whole queue for every lookup).  Analyse when
+	-- more rows changed since the last time than the table had then (and at
+	-- least 20,000: each ANALYZE costs a claim about 100 ms).  (All columns: an
 	-- ANALYZE of some columns does not reset the count of changes.  The
 	-- wide ones carry no statistics, so this is cheaper than it looks.)
 	IF pg_catalog.pg_stat_get_mod_since_analyze('lava.request_store'::regclass)
-	   > GREATEST(5000, (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = 'lava.request_store'::regclass) / 4) THEN
+	   > GREATEST(20000, (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = 'lava.request_store'::regclass)) THEN
 		ANALYZE (SKIP_LOCKED) lava.request_store;
 	END IF;
 
