@@ -49,6 +49,13 @@
 /* Starting size of a response buffer; it doubles as needed. */
 #define LAVA_HTTP_BODY_CHUNK 4096
 
+/*
+ * curl's receive buffer, allocated for each transfer while it runs: 1024
+ * is the least curl takes.  The default (16 KiB) cost about 4 KiB of RSS
+ * per request in flight, most of it while the request waits for an answer.
+ */
+#define LAVA_HTTP_RECV_BUFFER 1024L
+
 /* One transfer: an easy handle and what belongs to its current request. */
 typedef struct LavaHttpXfer
 {
@@ -57,6 +64,7 @@ typedef struct LavaHttpXfer
 	struct LavaHttpXfer *all_next;
 	CURL	   *easy;
 	int			in_multi;		/* added to the multi handle */
+	int			reused;			/* has served a request before */
 	long long	id;
 	struct curl_slist *headers;
 	char	   *req_body;		/* our copy of the request body */
@@ -378,20 +386,12 @@ DropXfer(LavaHttp *h, LavaHttpXfer *x)
 	free(x);
 }
 
-/* Takes an idle transfer from the free list, or makes a new one. */
+/* Makes a new transfer with a fresh easy handle. */
 static LavaHttpXfer *
-GetXfer(LavaHttp *h)
+NewXfer(LavaHttp *h)
 {
-	LavaHttpXfer *x = h->idle;
+	LavaHttpXfer *x = (LavaHttpXfer *) calloc(1, sizeof(*x));
 
-	if (x != NULL)
-	{
-		h->idle = x->next;
-		h->nidle--;
-		x->next = NULL;
-		return x;
-	}
-	x = (LavaHttpXfer *) calloc(1, sizeof(*x));
 	if (x == NULL)
 		return NULL;
 	x->easy = curl_easy_init();
@@ -404,6 +404,20 @@ GetXfer(LavaHttp *h)
 	if (h->all != NULL)
 		h->all->all_prev = x;
 	h->all = x;
+	return x;
+}
+
+/* Takes an idle transfer from the free list, or makes a new one. */
+static LavaHttpXfer *
+GetXfer(LavaHttp *h)
+{
+	LavaHttpXfer *x = h->idle;
+
+	if (x == NULL)
+		return NewXfer(h);
+	h->idle = x->next;
+	h->nidle--;
+	x->next = NULL;
 	return x;
 }
 
@@ -507,6 +521,7 @@ SetupEasy(LavaHttpXfer *x, const LavaHttpRequest *req, const char *method)
 	LAVA_SETOPT(CURLOPT_ACCEPT_ENCODING, "");
 	LAVA_SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) LAVA_HTTP_MAX_RESPONSE);
 	LAVA_SETOPT(CURLOPT_USERAGENT, "lava");
+	LAVA_SETOPT(CURLOPT_BUFFERSIZE, LAVA_HTTP_RECV_BUFFER);
 	LAVA_SETOPT(CURLOPT_ERRORBUFFER, x->errbuf);
 	LAVA_SETOPT(CURLOPT_WRITEFUNCTION, WriteCb);
 	LAVA_SETOPT(CURLOPT_WRITEDATA, (void *) x);
@@ -658,6 +673,61 @@ LavaHttpDestroy(LavaHttp *h)
 	free(h);
 }
 
+/*
+ * Sets a transfer up for a request and adds it to the multi handle: 0 when
+ * it is under way, -1 with a message in err.  On failure what it attached
+ * (headers, body copy) stays for the caller to free with the transfer.
+ */
+static int
+StartXfer(LavaHttp *h, LavaHttpXfer *x, const LavaHttpRequest *req,
+		  const char *method, char *err, size_t errlen)
+{
+	CURLcode	rc;
+	CURLMcode	mc;
+
+	x->id = req->id;
+	x->started_us = NowUs();
+	x->too_big = 0;
+	x->out_of_memory = 0;
+	x->retry_after = -1;
+	x->elapsed = 0;
+	x->http_status = 0;
+	x->code = CURLE_OK;
+	x->errbuf[0] = '\0';
+
+	if (BuildHeaders(x, req) != 0)
+	{
+		CopyText(err, errlen, "out of memory");
+		return -1;
+	}
+	if (req->body != NULL)
+	{
+		x->req_body = (char *) malloc(req->body_len > 0 ? req->body_len : 1);
+		if (x->req_body == NULL)
+		{
+			CopyText(err, errlen, "out of memory");
+			return -1;
+		}
+		if (req->body_len > 0)
+			memcpy(x->req_body, req->body, req->body_len);
+	}
+
+	rc = SetupEasy(x, req, method);
+	if (rc != CURLE_OK)
+	{
+		CopyText(err, errlen, curl_easy_strerror(rc));
+		return -1;
+	}
+	mc = curl_multi_add_handle(h->multi, x->easy);
+	if (mc != CURLM_OK)
+	{
+		CopyText(err, errlen, curl_multi_strerror(mc));
+		return -1;
+	}
+	x->in_multi = 1;
+	return 0;
+}
+
 /* Starts a request; 0 when under way, -1 with a message in err. */
 int
 LavaHttpSubmit(LavaHttp *h, const LavaHttpRequest *req, char *err,
@@ -665,8 +735,6 @@ LavaHttpSubmit(LavaHttp *h, const LavaHttpRequest *req, char *err,
 {
 	LavaHttpXfer *x;
 	const char *method;
-	CURLcode	rc;
-	CURLMcode	mc;
 	int			i;
 
 	if (err != NULL && errlen > 0)
@@ -700,56 +768,41 @@ LavaHttpSubmit(LavaHttp *h, const LavaHttpRequest *req, char *err,
 		}
 	}
 
+	/*
+	 * A pooled handle can refuse a request that a fresh one takes: curl
+	 * 7.88 keeps the receive buffer of a transfer that failed before it
+	 * connected (a scheme it refused, say), curl_easy_reset() leaves it
+	 * there, and CURLOPT_BUFFERSIZE is refused while it exists.  Put back
+	 * on the free list, such a handle would fail every later request.  A
+	 * handle that failed is therefore dropped, and the request gets one
+	 * more try on a fresh handle.
+	 */
 	x = GetXfer(h);
 	if (x == NULL)
 	{
 		CopyText(err, errlen, "out of memory");
 		return -1;
 	}
-	x->id = req->id;
-	x->started_us = NowUs();
-	x->too_big = 0;
-	x->out_of_memory = 0;
-	x->retry_after = -1;
-	x->elapsed = 0;
-	x->http_status = 0;
-	x->code = CURLE_OK;
-	x->errbuf[0] = '\0';
+	if (StartXfer(h, x, req, method, err, errlen) != 0)
+	{
+		int			reused = x->reused;
 
-	if (BuildHeaders(x, req) != 0)
-	{
-		CopyText(err, errlen, "out of memory");
-		RecycleXfer(h, x);
-		return -1;
-	}
-	if (req->body != NULL)
-	{
-		x->req_body = (char *) malloc(req->body_len > 0 ? req->body_len : 1);
-		if (x->req_body == NULL)
+		DropXfer(h, x);
+		if (!reused)
+			return -1;
+		x = NewXfer(h);
+		if (x == NULL)
 		{
 			CopyText(err, errlen, "out of memory");
-			RecycleXfer(h, x);
 			return -1;
 		}
-		if (req->body_len > 0)
-			memcpy(x->req_body, req->body, req->body_len);
+		if (StartXfer(h, x, req, method, err, errlen) != 0)
+		{
+			DropXfer(h, x);
+			return -1;
+		}
 	}
-
-	rc = SetupEasy(x, req, method);
-	if (rc != CURLE_OK)
-	{
-		CopyText(err, errlen, curl_easy_strerror(rc));
-		RecycleXfer(h, x);
-		return -1;
-	}
-	mc = curl_multi_add_handle(h->multi, x->easy);
-	if (mc != CURLM_OK)
-	{
-		CopyText(err, errlen, curl_multi_strerror(mc));
-		RecycleXfer(h, x);
-		return -1;
-	}
-	x->in_multi = 1;
+	x->reused = 1;
 	h->inflight++;
 	return 0;
 }
