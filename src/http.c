@@ -46,8 +46,11 @@
 /* Idle connections curl keeps open for reuse. */
 #define LAVA_HTTP_MAXCONNECTS 1024L
 
-/* Starting size of a response buffer; it doubles as needed. */
-#define LAVA_HTTP_BODY_CHUNK 4096
+/*
+ * Starting size of a response buffer when the answer announces no length;
+ * it doubles as needed.  One with a Content-Length starts at that size.
+ */
+#define LAVA_HTTP_BODY_CHUNK 1024
 
 /*
  * curl's receive buffer, allocated for each transfer while it runs: 1024
@@ -248,14 +251,28 @@ WriteCb(char *ptr, size_t size, size_t nmemb, void *userdata)
 		x->too_big = 1;
 		return 0;				/* makes curl end with CURLE_WRITE_ERROR */
 	}
-	need = x->resp_len + n + 1;
+	need = x->resp_len + n + 1;	/* at most LAVA_HTTP_MAX_RESPONSE + 1 */
 	if (need > x->resp_cap)
 	{
-		size_t		cap = x->resp_cap > 0 ? x->resp_cap : LAVA_HTTP_BODY_CHUNK;
+		size_t		cap = x->resp_cap;
 		char	   *p;
 
+		if (cap == 0)
+		{
+			curl_off_t	len = -1;
+
+			/*
+			 * The announced length (before decoding, when compressed) sizes
+			 * the first buffer; without one, start small.
+			 */
+			curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
+			cap = len >= 0 && len < (curl_off_t) LAVA_HTTP_MAX_RESPONSE ?
+				(size_t) len + 1 : LAVA_HTTP_BODY_CHUNK;
+		}
 		while (cap < need)
 			cap *= 2;
+		if (cap > LAVA_HTTP_MAX_RESPONSE + 1)
+			cap = LAVA_HTTP_MAX_RESPONSE + 1;
 		p = (char *) realloc(x->resp, cap);
 		if (p == NULL)
 		{
