@@ -577,6 +577,7 @@ main(int argc, char **argv)
 	int			scale_n = 1000;
 	int			i;
 	int			idle_ok = 1;
+	int			trim_ok;
 	int			before;
 	int			sockets;
 
@@ -631,6 +632,20 @@ main(int argc, char **argv)
 		TestConcurrent(h, scale_n, 8.0, "scale");
 	Ok(CountXfers(h) <= LAVA_HTTP_MAX_IDLE,
 	   "idle easy handles are capped (%d kept)", CountXfers(h));
+
+	/* the trim rule: enough freed, and more than are still in flight */
+	h->ndropped = LAVA_HTTP_TRIM_AFTER - 1;
+	TrimAfterBurst(h);
+	trim_ok = h->ndropped == LAVA_HTTP_TRIM_AFTER - 1;
+	h->ndropped = LAVA_HTTP_TRIM_AFTER;
+	h->inflight += LAVA_HTTP_TRIM_AFTER;	/* as if still in flight */
+	TrimAfterBurst(h);
+	trim_ok = trim_ok && h->ndropped == LAVA_HTTP_TRIM_AFTER;
+	h->inflight -= LAVA_HTTP_TRIM_AFTER;
+	TrimAfterBurst(h);
+	Ok(trim_ok && h->ndropped == 0,
+	   "memory is trimmed after %d freed transfers, not before, and not "
+	   "while as many are in flight", LAVA_HTTP_TRIM_AFTER);
 	LavaHttpDestroy(h);
 	TestDestroyInFlight();
 
