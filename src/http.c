@@ -940,9 +940,27 @@ LavaHttpDrive(LavaHttp *h)
 									 &running);
 		}
 	}
-	/* curl re-arms (or disarms) the timer itself through TimerCb */
+	/* curl re-arms (or disarms) the timer itself through TimerCb ... */
 	if (h->timer_armed && NowUs() >= h->deadline_us)
+	{
 		curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+
+		/*
+		 * ... but not always: after a transfer that timed out, or that
+		 * failed before it connected, curl 7.88 drops its last timer
+		 * without telling TimerCb, and LavaHttpTimeoutMs() would say 0 for
+		 * ever: the caller would spin until the next request.  Ask curl.
+		 */
+		if (h->timer_armed && NowUs() >= h->deadline_us)
+		{
+			long		ms = -1;
+
+			if (curl_multi_timeout(h->multi, &ms) == CURLM_OK && ms < 0)
+				h->timer_armed = 0;
+			else if (ms > 0)
+				h->deadline_us = NowUs() + (long long) ms * 1000;
+		}
+	}
 	CollectDone(h);
 }
 

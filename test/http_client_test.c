@@ -203,6 +203,21 @@ RunOne(LavaHttp *h, const char *method, const char *path, const char *body,
 	return Collect(h, r, 1, 1, 10.0, NULL) == 1;
 }
 
+/*
+ * True when the client goes idle -- no timer armed -- within a few
+ * LavaHttpDrive() calls made when LavaHttpTimeoutMs() says one is due,
+ * as a caller's loop would make them.
+ */
+static int
+GoesIdle(LavaHttp *h)
+{
+	int			i;
+
+	for (i = 0; i < 5 && LavaHttpTimeoutMs(h) == 0; i++)
+		LavaHttpDrive(h);
+	return LavaHttpTimeoutMs(h) == -1;
+}
+
 /* Tests of LavaHttpParseRetryAfter. */
 static void
 TestRetryAfterParse(void)
@@ -313,6 +328,8 @@ TestTimeout(LavaHttp *h)
 	   "hanging request with a 200 ms timeout times out (curl %d, %.3f s, \"%s\")",
 	   r.curl_code, r.elapsed, r.error);
 	LavaHttpResultFree(&r);
+	Ok(GoesIdle(h), "after the timeout nothing is due: no timer left armed "
+	   "(timeout %ld ms)", LavaHttpTimeoutMs(h));
 }
 
 /* A 503 with Retry-After: 2. */
@@ -417,6 +434,8 @@ TestErrors(LavaHttp *h)
 	Ok(done && r.curl_code == CURLE_UNSUPPORTED_PROTOCOL && r.body == NULL,
 	   "file:// URL is refused (curl %d)", r.curl_code);
 	LavaHttpResultFree(&r);
+	Ok(GoesIdle(h), "after the refused file:// URL nothing is due: no timer "
+	   "left armed (timeout %ld ms)", LavaHttpTimeoutMs(h));
 
 	/*
 	 * The refused transfer's handle went back to the pool holding curl's
