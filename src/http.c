@@ -13,9 +13,16 @@
  *
  * All transfers share one multi handle, so connections (and TLS sessions)
  * are reused across requests.  Easy handles are kept on a free list and
- * reset rather than freed, up to LAVA_HTTP_MAX_IDLE of them.  Nothing here
- * is sized by the number of transfers: sockets live in epoll, transfers in
- * linked lists, and each event costs O(1) on our side.
+ * reset rather than freed, up to LAVA_HTTP_MAX_IDLE of them (one that
+ * failed to start a request is freed).  Nothing here is sized by the number
+ * of transfers: sockets live in epoll, transfers in linked lists, and each
+ * event costs O(1) on our side.
+ *
+ * Memory per request in flight (about 12 KiB over plain HTTP/1.1 with curl
+ * 7.88): curl's easy handle (5.4 KiB) and connection (about 4.5 KiB), its
+ * 1 KiB receive buffer, and our transfer with its copies of the headers
+ * and body (under 1 KiB).  Answers are kept in buffers of their own size,
+ * and the memory of a burst goes back to the system as it ends.
  *
  * Only malloc/free are used: the caller's PostgreSQL memory contexts are
  * reset between loops and must not own anything of ours.  Request headers
@@ -35,6 +42,9 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/epoll.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include <curl/curl.h>
 
@@ -43,11 +53,31 @@
 /* Idle easy handles kept for reuse; more than this are freed. */
 #define LAVA_HTTP_MAX_IDLE 256
 
+/*
+ * After a burst, once this many transfers were freed since the last time
+ * (and fewer are still in flight), the freed memory goes back to the
+ * system: see TrimAfterBurst().
+ */
+#define LAVA_HTTP_TRIM_AFTER 1024
+
 /* Idle connections curl keeps open for reuse. */
 #define LAVA_HTTP_MAXCONNECTS 1024L
 
-/* Starting size of a response buffer; it doubles as needed. */
-#define LAVA_HTTP_BODY_CHUNK 4096
+/*
+ * Starting size of a response buffer when the answer announces no length;
+ * it doubles as needed.  One with a Content-Length starts at that size, up
+ * to LAVA_HTTP_BODY_PREALLOC: an announced length is not trusted further
+ * before the bytes arrive.
+ */
+#define LAVA_HTTP_BODY_CHUNK 1024
+#define LAVA_HTTP_BODY_PREALLOC ((size_t) 1024 * 1024)
+
+/*
+ * curl's receive buffer, allocated for each transfer while it runs: 1024
+ * is the least curl takes.  The default (16 KiB) cost about 4 KiB of RSS
+ * per request in flight, most of it while the request waits for an answer.
+ */
+#define LAVA_HTTP_RECV_BUFFER 1024L
 
 /* One transfer: an easy handle and what belongs to its current request. */
 typedef struct LavaHttpXfer
@@ -57,6 +87,7 @@ typedef struct LavaHttpXfer
 	struct LavaHttpXfer *all_next;
 	CURL	   *easy;
 	int			in_multi;		/* added to the multi handle */
+	int			reused;			/* has served a request before */
 	long long	id;
 	struct curl_slist *headers;
 	char	   *req_body;		/* our copy of the request body */
@@ -86,6 +117,7 @@ struct LavaHttp
 	LavaHttpXfer *all;			/* every transfer, busy or idle */
 	LavaHttpXfer *idle;			/* free list */
 	int			nidle;
+	int			ndropped;		/* transfers freed since the last trim */
 	LavaHttpXfer *done_head;	/* finished, waiting for NextResult */
 	LavaHttpXfer *done_tail;
 };
@@ -240,14 +272,32 @@ WriteCb(char *ptr, size_t size, size_t nmemb, void *userdata)
 		x->too_big = 1;
 		return 0;				/* makes curl end with CURLE_WRITE_ERROR */
 	}
-	need = x->resp_len + n + 1;
+	need = x->resp_len + n + 1;	/* at most LAVA_HTTP_MAX_RESPONSE + 1 */
 	if (need > x->resp_cap)
 	{
-		size_t		cap = x->resp_cap > 0 ? x->resp_cap : LAVA_HTTP_BODY_CHUNK;
+		size_t		cap = x->resp_cap;
 		char	   *p;
 
+		if (cap == 0)
+		{
+			curl_off_t	len = -1;
+
+			/*
+			 * The announced length (before decoding, when compressed) sizes
+			 * the first buffer; without one, start small.
+			 */
+			curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
+			if (len < 0)
+				cap = LAVA_HTTP_BODY_CHUNK;
+			else if (len < (curl_off_t) LAVA_HTTP_BODY_PREALLOC)
+				cap = (size_t) len + 1;
+			else
+				cap = LAVA_HTTP_BODY_PREALLOC;
+		}
 		while (cap < need)
 			cap *= 2;
+		if (cap > LAVA_HTTP_MAX_RESPONSE + 1)
+			cap = LAVA_HTTP_MAX_RESPONSE + 1;
 		p = (char *) realloc(x->resp, cap);
 		if (p == NULL)
 		{
@@ -376,22 +426,38 @@ DropXfer(LavaHttp *h, LavaHttpXfer *x)
 	ClearXfer(x);
 	curl_easy_cleanup(x->easy);
 	free(x);
+	h->ndropped++;
 }
 
-/* Takes an idle transfer from the free list, or makes a new one. */
-static LavaHttpXfer *
-GetXfer(LavaHttp *h)
+/*
+ * Gives the memory of a finished burst back to the system.  With 10,000
+ * requests in flight the client holds about 12 KiB for each (curl's easy
+ * handle, connection and buffers); past LAVA_HTTP_MAX_IDLE they are freed
+ * as the burst ends, but malloc keeps the pages, scattered between the
+ * connections curl keeps for reuse, so RSS would stay at the peak.
+ * malloc_trim() returns the free pages (about 50 MB, in 5 ms, after
+ * 10,000).  It runs once the transfers freed since the last trim are at
+ * least LAVA_HTTP_TRIM_AFTER and outnumber those still in flight: a few
+ * times as a burst winds down, never while the load holds steady, since a
+ * steady load reuses its transfers instead of freeing them.
+ */
+static void
+TrimAfterBurst(LavaHttp *h)
 {
-	LavaHttpXfer *x = h->idle;
+	if (h->ndropped < LAVA_HTTP_TRIM_AFTER || h->inflight >= h->ndropped)
+		return;
+	h->ndropped = 0;
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+}
 
-	if (x != NULL)
-	{
-		h->idle = x->next;
-		h->nidle--;
-		x->next = NULL;
-		return x;
-	}
-	x = (LavaHttpXfer *) calloc(1, sizeof(*x));
+/* Makes a new transfer with a fresh easy handle. */
+static LavaHttpXfer *
+NewXfer(LavaHttp *h)
+{
+	LavaHttpXfer *x = (LavaHttpXfer *) calloc(1, sizeof(*x));
+
 	if (x == NULL)
 		return NULL;
 	x->easy = curl_easy_init();
@@ -404,6 +470,20 @@ GetXfer(LavaHttp *h)
 	if (h->all != NULL)
 		h->all->all_prev = x;
 	h->all = x;
+	return x;
+}
+
+/* Takes an idle transfer from the free list, or makes a new one. */
+static LavaHttpXfer *
+GetXfer(LavaHttp *h)
+{
+	LavaHttpXfer *x = h->idle;
+
+	if (x == NULL)
+		return NewXfer(h);
+	h->idle = x->next;
+	h->nidle--;
+	x->next = NULL;
 	return x;
 }
 
@@ -507,6 +587,7 @@ SetupEasy(LavaHttpXfer *x, const LavaHttpRequest *req, const char *method)
 	LAVA_SETOPT(CURLOPT_ACCEPT_ENCODING, "");
 	LAVA_SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) LAVA_HTTP_MAX_RESPONSE);
 	LAVA_SETOPT(CURLOPT_USERAGENT, "lava");
+	LAVA_SETOPT(CURLOPT_BUFFERSIZE, LAVA_HTTP_RECV_BUFFER);
 	LAVA_SETOPT(CURLOPT_ERRORBUFFER, x->errbuf);
 	LAVA_SETOPT(CURLOPT_WRITEFUNCTION, WriteCb);
 	LAVA_SETOPT(CURLOPT_WRITEDATA, (void *) x);
@@ -658,6 +739,61 @@ LavaHttpDestroy(LavaHttp *h)
 	free(h);
 }
 
+/*
+ * Sets a transfer up for a request and adds it to the multi handle: 0 when
+ * it is under way, -1 with a message in err.  On failure what it attached
+ * (headers, body copy) stays for the caller to free with the transfer.
+ */
+static int
+StartXfer(LavaHttp *h, LavaHttpXfer *x, const LavaHttpRequest *req,
+		  const char *method, char *err, size_t errlen)
+{
+	CURLcode	rc;
+	CURLMcode	mc;
+
+	x->id = req->id;
+	x->started_us = NowUs();
+	x->too_big = 0;
+	x->out_of_memory = 0;
+	x->retry_after = -1;
+	x->elapsed = 0;
+	x->http_status = 0;
+	x->code = CURLE_OK;
+	x->errbuf[0] = '\0';
+
+	if (BuildHeaders(x, req) != 0)
+	{
+		CopyText(err, errlen, "out of memory");
+		return -1;
+	}
+	if (req->body != NULL)
+	{
+		x->req_body = (char *) malloc(req->body_len > 0 ? req->body_len : 1);
+		if (x->req_body == NULL)
+		{
+			CopyText(err, errlen, "out of memory");
+			return -1;
+		}
+		if (req->body_len > 0)
+			memcpy(x->req_body, req->body, req->body_len);
+	}
+
+	rc = SetupEasy(x, req, method);
+	if (rc != CURLE_OK)
+	{
+		CopyText(err, errlen, curl_easy_strerror(rc));
+		return -1;
+	}
+	mc = curl_multi_add_handle(h->multi, x->easy);
+	if (mc != CURLM_OK)
+	{
+		CopyText(err, errlen, curl_multi_strerror(mc));
+		return -1;
+	}
+	x->in_multi = 1;
+	return 0;
+}
+
 /* Starts a request; 0 when under way, -1 with a message in err. */
 int
 LavaHttpSubmit(LavaHttp *h, const LavaHttpRequest *req, char *err,
@@ -665,8 +801,6 @@ LavaHttpSubmit(LavaHttp *h, const LavaHttpRequest *req, char *err,
 {
 	LavaHttpXfer *x;
 	const char *method;
-	CURLcode	rc;
-	CURLMcode	mc;
 	int			i;
 
 	if (err != NULL && errlen > 0)
@@ -700,56 +834,41 @@ LavaHttpSubmit(LavaHttp *h, const LavaHttpRequest *req, char *err,
 		}
 	}
 
+	/*
+	 * A pooled handle can refuse a request that a fresh one takes: curl
+	 * 7.88 keeps the receive buffer of a transfer that failed before it
+	 * connected (a scheme it refused, say), curl_easy_reset() leaves it
+	 * there, and CURLOPT_BUFFERSIZE is refused while it exists.  Put back
+	 * on the free list, such a handle would fail every later request.  A
+	 * handle that failed is therefore dropped, and the request gets one
+	 * more try on a fresh handle.
+	 */
 	x = GetXfer(h);
 	if (x == NULL)
 	{
 		CopyText(err, errlen, "out of memory");
 		return -1;
 	}
-	x->id = req->id;
-	x->started_us = NowUs();
-	x->too_big = 0;
-	x->out_of_memory = 0;
-	x->retry_after = -1;
-	x->elapsed = 0;
-	x->http_status = 0;
-	x->code = CURLE_OK;
-	x->errbuf[0] = '\0';
+	if (StartXfer(h, x, req, method, err, errlen) != 0)
+	{
+		int			reused = x->reused;
 
-	if (BuildHeaders(x, req) != 0)
-	{
-		CopyText(err, errlen, "out of memory");
-		RecycleXfer(h, x);
-		return -1;
-	}
-	if (req->body != NULL)
-	{
-		x->req_body = (char *) malloc(req->body_len > 0 ? req->body_len : 1);
-		if (x->req_body == NULL)
+		DropXfer(h, x);
+		if (!reused)
+			return -1;
+		x = NewXfer(h);
+		if (x == NULL)
 		{
 			CopyText(err, errlen, "out of memory");
-			RecycleXfer(h, x);
 			return -1;
 		}
-		if (req->body_len > 0)
-			memcpy(x->req_body, req->body, req->body_len);
+		if (StartXfer(h, x, req, method, err, errlen) != 0)
+		{
+			DropXfer(h, x);
+			return -1;
+		}
 	}
-
-	rc = SetupEasy(x, req, method);
-	if (rc != CURLE_OK)
-	{
-		CopyText(err, errlen, curl_easy_strerror(rc));
-		RecycleXfer(h, x);
-		return -1;
-	}
-	mc = curl_multi_add_handle(h->multi, x->easy);
-	if (mc != CURLM_OK)
-	{
-		CopyText(err, errlen, curl_multi_strerror(mc));
-		RecycleXfer(h, x);
-		return -1;
-	}
-	x->in_multi = 1;
+	x->reused = 1;
 	h->inflight++;
 	return 0;
 }
@@ -835,9 +954,27 @@ LavaHttpDrive(LavaHttp *h)
 									 &running);
 		}
 	}
-	/* curl re-arms (or disarms) the timer itself through TimerCb */
+	/* curl re-arms (or disarms) the timer itself through TimerCb ... */
 	if (h->timer_armed && NowUs() >= h->deadline_us)
+	{
 		curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+
+		/*
+		 * ... but not always: after a transfer that timed out, or that
+		 * failed before it connected, curl 7.88 drops its last timer
+		 * without telling TimerCb, and LavaHttpTimeoutMs() would say 0 for
+		 * ever: the caller would spin until the next request.  Ask curl.
+		 */
+		if (h->timer_armed && NowUs() >= h->deadline_us)
+		{
+			long		ms = -1;
+
+			if (curl_multi_timeout(h->multi, &ms) == CURLM_OK && ms < 0)
+				h->timer_armed = 0;
+			else if (ms > 0)
+				h->deadline_us = NowUs() + (long long) ms * 1000;
+		}
+	}
 	CollectDone(h);
 }
 
@@ -891,6 +1028,7 @@ LavaHttpNextResult(LavaHttp *h, LavaHttpResult *out)
 	}
 	h->inflight--;
 	RecycleXfer(h, x);
+	TrimAfterBurst(h);
 	return 1;
 }
 

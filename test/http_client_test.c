@@ -203,6 +203,21 @@ RunOne(LavaHttp *h, const char *method, const char *path, const char *body,
 	return Collect(h, r, 1, 1, 10.0, NULL) == 1;
 }
 
+/*
+ * True when the client goes idle -- no timer armed -- within a few
+ * LavaHttpDrive() calls made when LavaHttpTimeoutMs() says one is due,
+ * as a caller's loop would make them.
+ */
+static int
+GoesIdle(LavaHttp *h)
+{
+	int			i;
+
+	for (i = 0; i < 5 && LavaHttpTimeoutMs(h) == 0; i++)
+		LavaHttpDrive(h);
+	return LavaHttpTimeoutMs(h) == -1;
+}
+
 /* Tests of LavaHttpParseRetryAfter. */
 static void
 TestRetryAfterParse(void)
@@ -313,6 +328,8 @@ TestTimeout(LavaHttp *h)
 	   "hanging request with a 200 ms timeout times out (curl %d, %.3f s, \"%s\")",
 	   r.curl_code, r.elapsed, r.error);
 	LavaHttpResultFree(&r);
+	Ok(GoesIdle(h), "after the timeout nothing is due: no timer left armed "
+	   "(timeout %ld ms)", LavaHttpTimeoutMs(h));
 }
 
 /* A 503 with Retry-After: 2. */
@@ -379,6 +396,9 @@ TestMethodsAndHeaders(LavaHttp *h)
 	LavaHttpResultFree(&r);
 }
 
+/* Longer than curl takes for a URL (CURL_MAX_INPUT_LENGTH, 8,000,000). */
+#define LONG_URL_LEN 8100000
+
 /* Errors: refused connection, forbidden protocol, bad input, huge body. */
 static void
 TestErrors(LavaHttp *h)
@@ -388,8 +408,13 @@ TestErrors(LavaHttp *h)
 	const char *bad_header[] = {"X-Injected: a\r\nHost: evil"};
 	char		err[128];
 	char	   *big;
+	char	   *longurl;
 	size_t		bigsz = LAVA_HTTP_MAX_RESPONSE + 64;
 	int			done;
+	int			good;
+	int			refused;
+	int			xfers;
+	int			i;
 
 	memset(&r, 0, sizeof(r));
 	if (Submit(h, 7, "GET", "http://127.0.0.1:1/", NULL, 5000) == 0)
@@ -408,6 +433,45 @@ TestErrors(LavaHttp *h)
 		done = 0;
 	Ok(done && r.curl_code == CURLE_UNSUPPORTED_PROTOCOL && r.body == NULL,
 	   "file:// URL is refused (curl %d)", r.curl_code);
+	LavaHttpResultFree(&r);
+	Ok(GoesIdle(h), "after the refused file:// URL nothing is due: no timer "
+	   "left armed (timeout %ld ms)", LavaHttpTimeoutMs(h));
+
+	/*
+	 * The refused transfer's handle went back to the pool holding curl's
+	 * receive buffer, which makes curl refuse CURLOPT_BUFFERSIZE on it:
+	 * the requests after it must still go through.
+	 */
+	good = 0;
+	for (i = 0; i < 3; i++)
+	{
+		if (RunOne(h, "GET", "/_health", NULL, 5000, &r) &&
+			r.curl_code == 0 && r.http_status == 200)
+			good++;
+		else
+			Diag("request %d after file://: curl %d, \"%s\"", i,
+				 r.curl_code, r.error);
+		LavaHttpResultFree(&r);
+	}
+	Ok(good == 3, "the 3 requests after a refused file:// URL succeed (%d did)",
+	   good);
+
+	/* a request curl refuses at setup (URL over 8 MB) fails alone */
+	xfers = CountXfers(h);
+	longurl = malloc(LONG_URL_LEN + 1);
+	Url(longurl, LONG_URL_LEN, "/");
+	memset(longurl + strlen(longurl), 'a', LONG_URL_LEN - strlen(longurl));
+	longurl[LONG_URL_LEN] = '\0';
+	memset(&req, 0, sizeof(req));
+	req.url = longurl;
+	err[0] = '\0';
+	refused = LavaHttpSubmit(h, &req, err, sizeof(err)) == -1 && err[0] != '\0';
+	free(longurl);
+	done = RunOne(h, "GET", "/_health", NULL, 5000, &r);
+	Ok(refused && done && r.http_status == 200 && LavaHttpInFlight(h) == 0 &&
+	   CountXfers(h) <= xfers,
+	   "a URL curl refuses fails at submit (\"%s\"); the next request "
+	   "succeeds, %d handles kept (%d before)", err, CountXfers(h), xfers);
 	LavaHttpResultFree(&r);
 
 	done = RunOne(h, "POST", "/v1/chat/completions",
@@ -442,6 +506,37 @@ TestErrors(LavaHttp *h)
 	   (unsigned long) LAVA_HTTP_MAX_RESPONSE, r.curl_code, r.error);
 	LavaHttpResultFree(&r);
 	free(big);
+}
+
+/*
+ * A 200 kB answer comes through curl's 1 KiB receive buffer in about 200
+ * writes and must arrive whole, the body grown in place as it comes.
+ */
+static void
+TestLargeAnswer(LavaHttp *h)
+{
+	LavaHttpResult r;
+	size_t		n = 200000;
+	char	   *body = malloc(n + 3);
+	const char *p = NULL;
+	size_t		run = 0;
+	int			done;
+
+	body[0] = '"';
+	memset(body + 1, 'a', n);
+	body[n + 1] = '"';
+	body[n + 2] = '\0';
+	done = RunOne(h, "POST", "/echo", body, 10000, &r);
+	if (done && r.body != NULL)
+		p = strstr(r.body, "\"echo\": \"");
+	if (p != NULL)
+		run = strspn(p + 9, "a");
+	Ok(done && r.curl_code == 0 && r.http_status == 200 && r.body != NULL &&
+	   r.body_len == strlen(r.body) && run == n && p[9 + run] == '"',
+	   "a 200 kB answer arrives whole through 1 KiB reads (%lu bytes, "
+	   "%lu echoed)", (unsigned long) r.body_len, (unsigned long) run);
+	LavaHttpResultFree(&r);
+	free(body);
 }
 
 /* On a fresh client, a first request that hangs holds up no other. */
@@ -501,6 +596,7 @@ main(int argc, char **argv)
 	int			scale_n = 1000;
 	int			i;
 	int			idle_ok = 1;
+	int			trim_ok;
 	int			before;
 	int			sockets;
 
@@ -549,11 +645,26 @@ main(int argc, char **argv)
 	TestRetryAfterLive(h);
 	TestMethodsAndHeaders(h);
 	TestErrors(h);
+	TestLargeAnswer(h);
 	TestHangDoesNotBlock();
 	if (scale_n > 0)
 		TestConcurrent(h, scale_n, 8.0, "scale");
 	Ok(CountXfers(h) <= LAVA_HTTP_MAX_IDLE,
 	   "idle easy handles are capped (%d kept)", CountXfers(h));
+
+	/* the trim rule: enough freed, and more than are still in flight */
+	h->ndropped = LAVA_HTTP_TRIM_AFTER - 1;
+	TrimAfterBurst(h);
+	trim_ok = h->ndropped == LAVA_HTTP_TRIM_AFTER - 1;
+	h->ndropped = LAVA_HTTP_TRIM_AFTER;
+	h->inflight += LAVA_HTTP_TRIM_AFTER;	/* as if still in flight */
+	TrimAfterBurst(h);
+	trim_ok = trim_ok && h->ndropped == LAVA_HTTP_TRIM_AFTER;
+	h->inflight -= LAVA_HTTP_TRIM_AFTER;
+	TrimAfterBurst(h);
+	Ok(trim_ok && h->ndropped == 0,
+	   "memory is trimmed after %d freed transfers, not before, and not "
+	   "while as many are in flight", LAVA_HTTP_TRIM_AFTER);
 	LavaHttpDestroy(h);
 	TestDestroyInFlight();
 

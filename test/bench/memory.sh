@@ -4,6 +4,7 @@
 # after MEMORY_DELAY = 10 s, 10,000 prompts queued in one transaction.  The
 # worker's RssAnon + RssFile (its VmRSS without the shared buffers it has
 # touched) is sampled every 0.2 s; the baseline is the same, idle, before.
+# What it keeps once the burst is over is printed too.
 # (drain.sh and slow.sh sample it too, with 20,000 queued and 512 in flight.)
 . "$(dirname "$0")/lib.sh"
 
@@ -35,4 +36,5 @@ sleep 0.5
 stop_bg "$RSS_PID"
 [ "$(q "SELECT count(*) FROM lava.request_store WHERE status <> 'completed'")" = 0 ] || die "some requests did not complete"
 echo "  in flight at most: $peak (worker_status); upstream: $(curl -fsS "http://127.0.0.1:$SLOW_PORT/_stats")"
+echo "  worker RSS after the burst (anon + file): $(rss_now) MB; idle before it: $idle_rss MB"
 rss_report "$WORK/rss.mem" "$peak in flight" "$idle_rss"
