@@ -39,6 +39,7 @@
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(lava_prompt);
+PG_FUNCTION_INFO_V1(lava_cycle_start);
 
 /* the C functions of session.c and state.c that this file calls */
 extern Datum lava_session_key(PG_FUNCTION_ARGS);
@@ -62,15 +63,14 @@ static const char RouteSql[] =
 /*
  * lava._admit's fast path: $1 key, $2 provider, $3 model, $4 reservation,
  * $5 the clock.  lava._period_start(cycle, $5), which the planner inlines
- * as a CASE over the cycle, is written out as that CASE with the start of
- * each cycle's period computed once in C (PeriodStart) instead of eight
- * times per row: $6 daily, $7 weekly, $8 monthly.
+ * as a CASE over the cycle with two time zone conversions and a date_trunc
+ * per branch, is lava._cycle_start(cycle, $6, $7, $8) here: the start of
+ * each calendar cycle's period is computed once in C (PeriodStart) and
+ * passed as $6 daily, $7 weekly, $8 monthly, and the six uses per row are
+ * one C call each instead of a CASE each.
  */
-#define CYCLE_START(cycle) \
-	"(CASE " cycle " WHEN 'daily' THEN $6 WHEN 'weekly' THEN $7 WHEN 'monthly' THEN $8 " \
-	"ELSE '-infinity'::pg_catalog.timestamptz END)"
-#define RQ_START CYCLE_START("s.request_cycle")
-#define SP_START CYCLE_START("s.spend_cycle")
+#define RQ_START "lava._cycle_start(s.request_cycle, $6, $7, $8)"
+#define SP_START "lava._cycle_start(s.spend_cycle, $6, $7, $8)"
 
 static const char AdmitSql[] =
 "UPDATE lava.spend_key_store s SET "
@@ -259,6 +259,37 @@ PeriodStart(const char *unit, Datum at)
 
 	local = DirectFunctionCall2(timestamp_trunc, CStringGetTextDatum(unit), local);
 	return DirectFunctionCall2(timestamp_zone, utc, local);
+}
+
+/*
+ * lava._cycle_start(cycle text, daily timestamptz, weekly timestamptz,
+ * monthly timestamptz) returns timestamptz: the start given for the cycle,
+ * -infinity for 'total', no cycle or any other value (lava._period_start's
+ * ELSE).
+ */
+Datum
+lava_cycle_start(PG_FUNCTION_ARGS)
+{
+	int			arg = 0;
+
+	if (!PG_ARGISNULL(0))
+	{
+		text	   *cycle = PG_GETARG_TEXT_PP(0);
+		const char *c = VARDATA_ANY(cycle);
+		int			len = VARSIZE_ANY_EXHDR(cycle);
+
+		if (len == 5 && memcmp(c, "daily", 5) == 0)
+			arg = 1;
+		else if (len == 6 && memcmp(c, "weekly", 6) == 0)
+			arg = 2;
+		else if (len == 7 && memcmp(c, "monthly", 7) == 0)
+			arg = 3;
+	}
+	if (arg == 0)
+		PG_RETURN_TIMESTAMPTZ(DT_NOBEGIN);
+	if (PG_ARGISNULL(arg))
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(PG_GETARG_DATUM(arg));
 }
 
 /*

@@ -5,7 +5,7 @@
 -- path.  Which path ran is read from pg_stat_get_xact_function_calls: the
 -- C code counts its calls of lava._prompt_sql like the executor would.
 BEGIN;
-SELECT plan(90);
+SELECT plan(102);
 SET LOCAL track_functions = 'all';
 
 INSERT INTO lava.providers (name, base_url, api_key, request_shape) VALUES
@@ -101,6 +101,19 @@ DO $$ BEGIN PERFORM pg_temp.pair('uncapped unpriced: no cap in the body', 'gpt-f
 DO $$ BEGIN PERFORM pg_temp.pair('unpriced with a cap', 'gpt-freecap', 'x', '{}'); END $$;
 DO $$ BEGIN PERFORM pg_temp.pair('unpriced, max_tokens', 'gpt-free', 'x', '{"max_tokens": 5}'); END $$;
 
+-- periods that rolled over since the keys' last admission: counters reset by both paths
+UPDATE lava.spend_key_store SET
+	request_cycle = 'daily', request_limit_count = 5, period_requests = 5,
+	request_period_start = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '2 days',
+	spend_cycle = 'weekly', spend_limit_amount = 10, period_spend = 9.9999, reserved_spend = 0,
+	spend_period_start = date_trunc('week', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '1 week'
+WHERE spend_key_id IN (pg_temp.kid('fast'), pg_temp.kid('slow'));
+DO $$ BEGIN PERFORM pg_temp.pair('periods rolled over', 'gpt-mini', 'x', '{"max_tokens": 9}'); END $$;
+-- and a monthly request cycle, a total spend cycle
+UPDATE lava.spend_key_store SET request_cycle = 'monthly', spend_cycle = 'total'
+WHERE spend_key_id IN (pg_temp.kid('fast'), pg_temp.kid('slow'));
+DO $$ BEGIN PERFORM pg_temp.pair('monthly and total cycles', 'gpt-mini', 'x', '{"max_tokens": 9}'); END $$;
+
 SELECT is(fast_row, slow_row, 'same row: ' || label) FROM pairs ORDER BY label;
 SELECT is(fast_key, slow_key, 'same key counters after: ' || label) FROM pairs ORDER BY label;
 SELECT is(fell_back, 0::bigint, 'fast path taken: ' || label) FROM pairs ORDER BY label;
@@ -192,6 +205,11 @@ SELECT is(left(pg_temp.err($$SELECT lava.prompt('gpt-mini', 'x', '{}', pg_temp.k
 	'53400 / spend limit reach', 'spend limit: the third refused');
 SELECT is((SELECT count(*) FROM lava.request_store WHERE spend_key_id = pg_temp.kid('tight')), 2::bigint,
 	'spend limit: two requests queued, the refused one not');
+
+-- lava._cycle_start, given the calendar periods' starts, is lava._period_start
+SELECT is(lava._cycle_start(c, lava._period_start('daily', t), lava._period_start('weekly', t), lava._period_start('monthly', t)),
+		  lava._period_start(c, t), 'lava._cycle_start = lava._period_start for cycle ' || COALESCE(c, 'NULL'))
+FROM unnest(ARRAY['daily', 'weekly', 'monthly', 'total', NULL, 'Daily']) c, (SELECT timestamptz '2026-03-01 00:30:00+05' AS t) x;
 
 -- the C function keeps the contract's signature and security properties
 SELECT is((SELECT prosecdef FROM pg_proc WHERE oid = 'lava.prompt(text,text,jsonb,text)'::regprocedure), true,
