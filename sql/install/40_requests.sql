@@ -389,9 +389,11 @@ $$;
 COMMENT ON FUNCTION lava._enqueue(text, lava.route, text, text, jsonb, bigint, jsonb) IS
 	'internal: admits a request through a key and queues it';
 
-CREATE FUNCTION lava.prompt(model text, prompt text, options jsonb DEFAULT '{}', spend_key text DEFAULT NULL)
+-- lava.prompt in PL/pgSQL: every case, and every error.  lava.prompt (C,
+-- src/enqueue.c) handles the common case itself and calls this for the rest.
+CREATE FUNCTION lava._prompt_sql(model text, prompt text, options jsonb, spend_key text)
 RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -464,6 +466,25 @@ BEGIN
 						 'POST', body, cap, o -> 'metadata');
 END
 $$;
+COMMENT ON FUNCTION lava._prompt_sql(text, text, jsonb, text) IS
+	'internal: lava.prompt in PL/pgSQL, for the cases its C fast path leaves to it';
+
+-- lava._period_start(cycle, at) given the starts of the calendar cycles'
+-- periods at `at`: what lava.prompt's admission UPDATE evaluates per row.
+CREATE FUNCTION lava._cycle_start(cycle text, daily timestamptz, weekly timestamptz, monthly timestamptz)
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'lava_cycle_start'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION lava._cycle_start(text, timestamptz, timestamptz, timestamptz) IS
+	'internal: the start of a cycle''s period, chosen among the given daily, weekly and monthly starts';
+
+-- The common case in C with saved plans (same admission UPDATE, same row);
+-- the rest, errors included, through lava._prompt_sql.
+CREATE FUNCTION lava.prompt(model text, prompt text, options jsonb DEFAULT '{}', spend_key text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'lava_prompt'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION lava.prompt(text, text, jsonb, text) IS
 	'queues one user message to a model through a spend key; returns the request id (options: system, max_tokens, temperature, provider, metadata)';
 
