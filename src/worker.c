@@ -954,7 +954,7 @@ WaitForDatabase(void)
 
 /*
  * Whether the finished calls should be recorded now.  Under load they are
- * gathered into larger transactions (a quarter of lava.max_concurrency, or
+ * gathered into larger transactions (half of lava.max_concurrency, or
  * LINGER_MS after the first), since each transaction has a fixed cost; the
  * last call in flight, or a lone one, is recorded at once.
  */
@@ -963,7 +963,7 @@ OutcomesReady(void)
 {
 	if (NumOutcomes == 0)
 		return false;
-	if (LavaHttpInFlight(Http) == 0 || NumOutcomes >= Max(1, lava_max_concurrency / 4))
+	if (LavaHttpInFlight(Http) == 0 || NumOutcomes >= Max(1, lava_max_concurrency / 2))
 		return true;
 	return TimestampDifferenceExceeds(FirstOutcomeAt, GetCurrentTimestamp(), LINGER_MS);
 }
