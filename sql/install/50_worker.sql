@@ -235,15 +235,20 @@ COMMENT ON FUNCTION lava._claim(integer, integer, uuid[], integer[]) IS
 
 -- Seconds until the earliest queued request is due (0 when one is due now,
 -- NULL when the queue is empty): the worker's next wake-up.
+-- The first entry of the queue index, whatever the statistics say: with
+-- stale ones (a big table analysed while its queue was empty) the planner
+-- would otherwise read every queued row through a bitmap scan.
 CREATE FUNCTION lava._next_due()
 RETURNS double precision
 LANGUAGE sql STABLE
-SET enable_seqscan = off		-- min() through the queue index, whatever the statistics say
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_sort = off
 SET jit = off
 AS $$
 	SELECT GREATEST(0, EXTRACT(epoch FROM d.m - pg_catalog.clock_timestamp()))::float8
-	FROM (SELECT min(q.next_attempt_at) AS m FROM lava.request_store q WHERE q.status = 'queued') d
-	WHERE d.m IS NOT NULL
+	FROM (SELECT q.next_attempt_at AS m FROM lava.request_store q WHERE q.status = 'queued'
+		  ORDER BY q.next_attempt_at LIMIT 1) d
 $$;
 COMMENT ON FUNCTION lava._next_due() IS 'internal (worker): seconds until the next queued request is due';
 
