@@ -572,6 +572,12 @@ ClaimStep(void *arg)
 		CopyClaimed(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &w->rows[i]);
 	w->nrows = (int) SPI_processed;
 
+	/* a full claim: more is due now, no need to look when */
+	if (w->nrows == w->want)
+	{
+		w->next_due = 0;
+		return;
+	}
 	CheckSpi(SPI_execute_plan(SavedPlan(&NextDuePlan, "SELECT lava._next_due()", 0, NULL),
 							  NULL, NULL, false, 1),
 			 SPI_OK_SELECT, "lava._next_due");
