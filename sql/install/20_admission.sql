@@ -150,6 +150,15 @@ CREATE FUNCTION lava._settle_many(spend_key_ids uuid[], admitted_ats timestamptz
 								  costs numeric[], input_tokens bigint[], output_tokens bigint[])
 RETURNS void
 LANGUAGE plpgsql VOLATILE
+-- (driven from the arrays, each key found by its primary key, in the order
+-- written, whatever the statistics say)
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET join_collapse_limit = 1
+SET from_collapse_limit = 1
+SET jit = off
 AS $$
 DECLARE
 	now_ts timestamptz := pg_catalog.clock_timestamp();

@@ -41,14 +41,23 @@ COMMENT ON FUNCTION lava._headers(text, text, jsonb) IS 'internal: the upstream 
 --
 -- The queue's statistics are often stale (it fills and drains faster than
 -- autovacuum analyses it), so the plans must not depend on them: every
--- ORDER BY matches an index, and sorting is disabled inside the function
--- (and JIT, which the resulting cost estimates would otherwise trigger).
+-- ORDER BY matches an index, and sorting, sequential and bitmap scans and
+-- hash and merge joins are disabled inside the function (and JIT, which the
+-- resulting cost estimates would otherwise trigger), and joins run in the
+-- order written: every statement walks an index or is driven from the
+-- picked ids, each found by its key.
 CREATE FUNCTION lava._claim(max_n integer, key_cap integer DEFAULT NULL,
 							near_keys uuid[] DEFAULT '{}', near_rooms integer[] DEFAULT '{}')
 RETURNS TABLE (request_id bigint, spend_key_id uuid, method text, url text, headers text[], body text,
 			   timeout_ms integer)
 LANGUAGE plpgsql VOLATILE
 SET enable_sort = off
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET join_collapse_limit = 1
+SET from_collapse_limit = 1
 SET jit = off
 AS $$
 #variable_conflict use_column
@@ -68,12 +77,14 @@ BEGIN
 	-- The queue fills and drains faster than autovacuum analyses it, and a
 	-- partial index built on an empty table looks empty to the planner until
 	-- then (it would scan the whole queue for every lookup).  Analyse when
-	-- more rows changed since the last time than the table had then (and at
-	-- least 20,000: each ANALYZE costs a claim about 100 ms).  (All columns: an
+	-- more rows changed since the last time than the table had then (at
+	-- least 1,000): rarely for a big table, where each ANALYZE costs a claim
+	-- about 100 ms, soon for a new one, whose empty-table statistics make
+	-- the planner scan the whole queue.  (All columns: an
 	-- ANALYZE of some columns does not reset the count of changes.  The
 	-- wide ones carry no statistics, so this is cheaper than it looks.)
 	IF pg_catalog.pg_stat_get_mod_since_analyze('lava.request_store'::regclass)
-	   > GREATEST(20000, (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = 'lava.request_store'::regclass)) THEN
+	   > GREATEST(1000, (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = 'lava.request_store'::regclass)) THEN
 		ANALYZE (SKIP_LOCKED) lava.request_store;
 	END IF;
 
@@ -161,14 +172,17 @@ BEGIN
 		FROM lava.providers pr WHERE pr.enabled)
 	UPDATE lava.request_store s
 	SET status = 'running', attempts = s.attempts + 1, started_at = COALESCE(s.started_at, now_ts)
-	FROM (SELECT q.request_id, p.base_url, p.h
+	FROM (SELECT q.ctid AS tid, q.request_id, p.base_url, p.h
 		  FROM pg_catalog.unnest(picked) AS u(id)
 		  JOIN lava.request_store q ON q.request_id = u.id
 		  JOIN lava.spend_key_store k ON k.spend_key_id = q.spend_key_id
 		  JOIN p ON p.name = q.provider
 		  WHERE k.revoked_at IS NULL AND k.status = 'active' AND (k.expires_at IS NULL OR k.expires_at > now_ts)
 			AND k.rate_rpm IS NULL) c
-	WHERE s.request_id = c.request_id
+	-- (the row found above, by its ctid: no second walk of the primary key
+	-- through the row's older versions; the rows are locked by this
+	-- transaction since the pick, so the ctid is theirs)
+	WHERE s.ctid = c.tid
 	RETURNING s.request_id, s.spend_key_id, s.method, c.base_url || s.endpoint, c.h, s.body::text, timeout;
 	GET DIAGNOSTICS claimed = ROW_COUNT;
 	IF claimed = pg_catalog.cardinality(picked) THEN
@@ -292,6 +306,16 @@ CREATE FUNCTION lava._complete(ids bigint[], http_statuses integer[], bodies tex
 							   retry_afters double precision[],
 							   OUT completed integer, OUT failed integer, OUT requeued integer)
 LANGUAGE plpgsql VOLATILE
+-- (every statement is driven from the arrays, a few hundred rows at most,
+-- each found by its primary key, in the order written: whatever the
+-- statistics say, which for the running rows are usually "none")
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET join_collapse_limit = 1
+SET from_collapse_limit = 1
+SET jit = off
 AS $$
 DECLARE
 	max_attempts integer := pg_catalog.current_setting('lava.max_attempts')::integer;
@@ -310,7 +334,7 @@ BEGIN
 		FROM unnest(ids, http_statuses, bodies, errors, retry_afters) AS x(id, st, body, err, ra)
 	),
 	c AS (
-		SELECT r.request_id, r.attempts, r.reservation, r.request_shape, u.st, u.resp, u.err, u.ra,
+		SELECT r.tid, r.request_id, r.attempts, r.reservation, r.request_shape, u.st, u.resp, u.err, u.ra,
 			   CASE WHEN (u.st = 0 OR u.st = 429 OR u.st >= 500) AND r.attempts < max_attempts THEN 'retry'
 					WHEN u.st BETWEEN 200 AND 299 AND u.resp IS NULL THEN 'garbage'
 					WHEN u.st BETWEEN 200 AND 299 THEN 'completed'
@@ -319,7 +343,12 @@ BEGIN
 			   pg_catalog.trim_scale(t.in_t * COALESCE(r.input_price, 0) / 1000000) AS in_c,
 			   pg_catalog.trim_scale(t.out_t * COALESCE(r.output_price, 0) / 1000000) AS out_c
 		FROM u
-		JOIN lava.request_store r ON r.request_id = u.id AND r.status = 'running'
+		-- (each outcome's row by its primary key: a LATERAL fenced by OFFSET
+		-- 0, so that stale statistics, which usually count no running rows,
+		-- cannot turn the join around into a scan of the whole table)
+		CROSS JOIN LATERAL (
+			SELECT r.ctid AS tid, r.request_id, r.attempts, r.reservation, r.request_shape, r.input_price, r.output_price
+			FROM lava.request_store r WHERE r.request_id = u.id AND r.status = 'running' OFFSET 0) r
 		CROSS JOIN LATERAL (
 			SELECT lava._tokens(COALESCE(u.resp #>> '{usage,prompt_tokens}', u.resp #>> '{usage,input_tokens}'))
 				   + CASE WHEN r.request_shape = 'anthropic' THEN
@@ -364,7 +393,11 @@ BEGIN
 					 END
 				END
 		FROM p
-		WHERE s.request_id = p.request_id AND s.status = 'running'
+		-- (the row the join above found, by its ctid alone: no second walk
+		-- of the primary key, and no filter the statistics could misjudge.
+		-- Only the worker changes a running row; a row changed meanwhile
+		-- fails the ctid recheck and is skipped)
+		WHERE s.ctid = p.tid
 		RETURNING s.request_id, s.spend_key_id, s.admitted_at, s.reservation, s.status, p.outcome, p.charge,
 				  s.input_tokens, s.output_tokens
 	)
