@@ -23,7 +23,7 @@
 PG_MODULE_MAGIC;
 
 char	   *lava_database = NULL;
-int			lava_max_concurrency = 64;
+int			lava_max_concurrency = 256;
 int			lava_request_timeout_ms = 60000;
 int			lava_max_attempts = 3;
 int			lava_request_ttl_s = 7 * 24 * 3600;
@@ -94,7 +94,7 @@ _PG_init(void)
 							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lava.max_concurrency",
 							"Maximum number of upstream calls in flight.",
-							NULL, &lava_max_concurrency, 64, 1, 10000,
+							NULL, &lava_max_concurrency, 256, 1, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("lava.max_key_concurrency",
 							"Maximum number of upstream calls in flight for one spend key.",

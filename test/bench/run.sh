@@ -9,7 +9,8 @@
 # not run.  Each bench script can also be run alone (bash test/bench/NAME.sh).
 #
 # Knobs (environment; the defaults are the sizes):
-#   drain    DRAIN_N 20000, DRAIN_CONCURRENCY 64 (also scale's), DRAIN_KEYS 1000,
+#   drain    DRAIN_N 20000, DRAIN_CONCURRENCY 256 (also scale's), DRAIN_LOW_CONCURRENCY 64 (0: skip),
+#            DRAIN_KEYS 1000,
 #            WRK_SECONDS 5, DRAIN_TIMEOUT 600
 #   enqueue  ENQUEUE_SECONDS 10, ENQUEUE_CLIENTS 8, ENQUEUE_KEYS 1000
 #   latency  LATENCY_N 1000

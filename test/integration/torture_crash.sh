@@ -1,5 +1,5 @@
 # torture_crash.sh: crashes at random moments during runs of 5,000 prompts
-# (mock latency 20 ms, lava.max_concurrency 64), 3 runs.  In each run, 3
+# (mock latency 20 ms, lava.max_concurrency 256), 3 runs.  In each run, 3
 # background enqueuers queue the prompts in batches of 100 (one transaction
 # each, about 1000 kept queued) while the foreground crashes the server
 # twice at random points of the run's progress: kill -9 of the worker (the

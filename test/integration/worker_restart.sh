@@ -29,7 +29,7 @@ wait_server() {
 	done
 	return 1
 }
-load() { q "SELECT count(lava.prompt('gpt-crash', '#latency_ms=300 #in=5 #out=5 n' || g, '{}', '$key')) FROM generate_series(1, $1) g"; }
+load() { q "SELECT count(lava.prompt('gpt-crash', '#latency_ms=1000 #in=5 #out=5 n' || g, '{}', '$key')) FROM generate_series(1, $1) g"; }
 invariants() {
 	await_all; ok $? "$1: every request reached a terminal state"
 	is "$(q "SELECT count(*) FROM lava.request_store r JOIN lava.spend_key_store k USING (spend_key_id)
