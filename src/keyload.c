@@ -124,6 +124,18 @@ LavaKeyLoadDone(int64 id)
 	return was_capped;
 }
 
+/* True when key has as many calls in flight as its cap allows. */
+bool
+LavaKeyLoadAtCap(const pg_uuid_t *key)
+{
+	KeyEntry   *k;
+
+	if (Keys == NULL)
+		return false;
+	k = hash_search(Keys, key, HASH_FIND, NULL);
+	return k != NULL && k->calls >= LavaKeyCap();
+}
+
 /*
  * The keys that could pass their cap in a claim of up to want requests,
  * with the room each has left (0 when at the cap): palloc'd arrays in the

@@ -49,6 +49,7 @@ extern void LavaKeyLoadReset(void);
 extern int	LavaKeyCap(void);
 extern void LavaKeyLoadAdd(int64 id, const pg_uuid_t *key);
 extern bool LavaKeyLoadDone(int64 id);
+extern bool LavaKeyLoadAtCap(const pg_uuid_t *key);
 extern int	LavaKeyLoadNearCap(int want, pg_uuid_t **keys, int **rooms);
 
 /* the background worker (worker.c) */

@@ -119,7 +119,6 @@ typedef struct ClaimWork
 	Claimed    *rows;			/* out, in LoopContext */
 	int			nrows;
 	double		next_due;		/* out: seconds, < 0 when nothing is queued */
-	bool		capped;			/* out: per-key caps may have held rows back */
 } ClaimWork;
 
 typedef struct CompleteWork
@@ -556,7 +555,6 @@ ClaimStep(void *arg)
 		key_datums[i] = UUIDPGetDatum(&near_keys[i]);
 		room_datums[i] = Int32GetDatum(near_rooms[i]);
 	}
-	w->capped = nnear > 0 || w->want > cap;
 	values[0] = Int32GetDatum(w->want);
 	values[1] = Int32GetDatum(cap);
 	values[2] = PointerGetDatum(construct_array(key_datums, nnear, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
@@ -867,12 +865,16 @@ ClaimAndSubmit(void)
 	if (w.next_due >= 0)
 		wait_ms = Min(wait_ms, Max(ceil(w.next_due * 1000.0), MIN_DUE_WAIT_MS));
 	NextClaimAt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (long) wait_ms);
-	/* (when caps held rows back, others' due rows may be left: look again) */
-	ClaimWanted = w.nrows == w.want || (w.capped && w.nrows > 0);
+	ClaimWanted = w.nrows == w.want;
 	if (w.nrows > 0)
 		LavaStateAddCounts(w.nrows, 0, 0);
 	for (i = 0; i < w.nrows; i++)
 		Submit(&w.rows[i]);
+	/* a key that reached its cap may have had rows held back, and with
+	 * them other keys' due rows: look again */
+	for (i = 0; i < w.nrows && !ClaimWanted; i++)
+		if (w.rows[i].has_key && LavaKeyLoadAtCap(&w.rows[i].key))
+			ClaimWanted = true;
 }
 
 /* Purges old finished requests. */
