@@ -158,6 +158,7 @@ SET enable_hashjoin = off
 SET enable_mergejoin = off
 SET join_collapse_limit = 1
 SET from_collapse_limit = 1
+SET plan_cache_mode = force_generic_plan
 SET jit = off
 AS $$
 DECLARE

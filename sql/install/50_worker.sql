@@ -45,7 +45,8 @@ COMMENT ON FUNCTION lava._headers(text, text, jsonb) IS 'internal: the upstream 
 -- hash and merge joins are disabled inside the function (and JIT, which the
 -- resulting cost estimates would otherwise trigger), and joins run in the
 -- order written: every statement walks an index or is driven from the
--- picked ids, each found by its key.
+-- picked ids, each found by its key.  Such a plan suits any parameters, so
+-- it is made once (generic): a custom plan per call cost about 0.3 ms.
 CREATE FUNCTION lava._claim(max_n integer, key_cap integer DEFAULT NULL,
 							near_keys uuid[] DEFAULT '{}', near_rooms integer[] DEFAULT '{}')
 RETURNS TABLE (request_id bigint, spend_key_id uuid, method text, url text, headers text[], body text,
@@ -58,6 +59,7 @@ SET enable_hashjoin = off
 SET enable_mergejoin = off
 SET join_collapse_limit = 1
 SET from_collapse_limit = 1
+SET plan_cache_mode = force_generic_plan
 SET jit = off
 AS $$
 #variable_conflict use_column
@@ -315,6 +317,7 @@ SET enable_hashjoin = off
 SET enable_mergejoin = off
 SET join_collapse_limit = 1
 SET from_collapse_limit = 1
+SET plan_cache_mode = force_generic_plan
 SET jit = off
 AS $$
 DECLARE
