@@ -42,6 +42,8 @@
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
+#include "lava.h"
+
 PG_FUNCTION_INFO_V1(lava_prompt);
 PG_FUNCTION_INFO_V1(lava_cycle_start);
 
@@ -109,43 +111,19 @@ static const char InsertSql[] =
 "VALUES ($1, $2, $3, $4, $5, 'POST', $6, $7, $8, $9, $10, $11, NULL) "
 "RETURNING request_id";
 
-/* Prepares and keeps one plan (called inside an SPI connection). */
-static SPIPlanPtr
-KeepPlan(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "lava: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "lava: SPI_keepplan failed");
-	return plan;
-}
-
 /* Prepares the plans this backend has not prepared yet. */
 static void
 PreparePlans(void)
 {
-	if (RoutePlan == NULL)
-	{
-		Oid			types[1] = {TEXTOID};
+	Oid			route_types[1] = {TEXTOID};
+	Oid			admit_types[8] = {TEXTOID, TEXTOID, TEXTOID, NUMERICOID, TIMESTAMPTZOID,
+	TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Oid			insert_types[11] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID,
+	TEXTOID, NUMERICOID, NUMERICOID, NUMERICOID, TIMESTAMPTZOID};
 
-		RoutePlan = KeepPlan(RouteSql, 1, types);
-	}
-	if (AdmitPlan == NULL)
-	{
-		Oid			types[8] = {TEXTOID, TEXTOID, TEXTOID, NUMERICOID, TIMESTAMPTZOID,
-		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
-
-		AdmitPlan = KeepPlan(AdmitSql, 8, types);
-	}
-	if (InsertPlan == NULL)
-	{
-		Oid			types[11] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID,
-		TEXTOID, NUMERICOID, NUMERICOID, NUMERICOID, TIMESTAMPTZOID};
-
-		InsertPlan = KeepPlan(InsertSql, 11, types);
-	}
+	LavaSavedPlan(&RoutePlan, RouteSql, 1, route_types);
+	LavaSavedPlan(&AdmitPlan, AdmitSql, 8, admit_types);
+	LavaSavedPlan(&InsertPlan, InsertSql, 11, insert_types);
 }
 
 /*
@@ -385,8 +363,7 @@ lava_prompt(PG_FUNCTION_ARGS)
 		return Fallback(fcinfo);
 	has_cap = cap > 0;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "lava: SPI_connect failed");
+	LavaCheckSpi(SPI_connect(), SPI_OK_CONNECT, "SPI_connect");
 	PreparePlans();
 
 	/* the route: exactly one enabled provider serves the model */
@@ -394,8 +371,7 @@ lava_prompt(PG_FUNCTION_ARGS)
 		Datum		v[1] = {PointerGetDatum(model)};
 
 		/* (not read-only: a snapshot of now, as lava._prompt_sql takes) */
-		if (SPI_execute_plan(RoutePlan, v, NULL, false, 2) != SPI_OK_SELECT)
-			elog(ERROR, "lava: route lookup failed");
+		LavaCheckSpi(SPI_execute_plan(RoutePlan, v, NULL, false, 2), SPI_OK_SELECT, "route lookup");
 	}
 	if (SPI_processed != 1)
 	{
@@ -439,8 +415,8 @@ lava_prompt(PG_FUNCTION_ARGS)
 	memset(admit_nulls, ' ', sizeof(admit_nulls));
 	if (reservation_null)
 		admit_nulls[3] = 'n';
-	if (SPI_execute_plan(AdmitPlan, admit_values, admit_nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "lava: admission failed");
+	LavaCheckSpi(SPI_execute_plan(AdmitPlan, admit_values, admit_nulls, false, 0),
+				 SPI_OK_UPDATE_RETURNING, "admission");
 	if (SPI_processed != 1)
 	{
 		SPI_finish();
@@ -466,9 +442,12 @@ lava_prompt(PG_FUNCTION_ARGS)
 		insert_nulls[7] = 'n';
 	if (route_null[4])
 		insert_nulls[8] = 'n';
-	if (SPI_execute_plan(InsertPlan, insert_values, insert_nulls, false, 1) != SPI_OK_INSERT_RETURNING
-		|| SPI_processed != 1)
-		elog(ERROR, "lava: queueing the request failed");
+	LavaCheckSpi(SPI_execute_plan(InsertPlan, insert_values, insert_nulls, false, 1),
+				 SPI_OK_INSERT_RETURNING, "queueing the request");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_CARDINALITY_VIOLATION),
+				 errmsg("lava: queueing the request inserted " UINT64_FORMAT " rows, not 1", SPI_processed)));
 	request_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
 

@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "executor/spi.h"
 #include "utils/uuid.h"
 
 /* settings (lava.c) */
@@ -51,6 +52,10 @@ extern void LavaKeyLoadAdd(int64 id, const pg_uuid_t *key);
 extern bool LavaKeyLoadDone(int64 id);
 extern bool LavaKeyLoadAtCap(const pg_uuid_t *key);
 extern int	LavaKeyLoadNearCap(int want, pg_uuid_t **keys, int **rooms);
+
+/* saved SPI plans and SPI checks, for worker.c and enqueue.c (plans.c) */
+extern SPIPlanPtr LavaSavedPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
+extern void LavaCheckSpi(int ret, int expected, const char *what);
 
 /* the background worker (worker.c) */
 extern PGDLLEXPORT void LavaWorkerMain(Datum main_arg);

@@ -373,16 +373,6 @@ RunStep(const char *activity, StepFunction fn, void *arg)
 	return result;
 }
 
-/* Errors out unless SPI returned the expected code. */
-static void
-CheckSpi(int ret, int expected, const char *what)
-{
-	if (ret != expected)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("lava worker: %s failed: %s", what, SPI_result_code_string(ret))));
-}
-
 /* Errors out unless the result's columns have the types the worker reads. */
 static void
 CheckColumns(TupleDesc desc, const Oid *types, int ntypes, const char *what)
@@ -496,32 +486,6 @@ CopyClaimed(HeapTuple tup, TupleDesc desc, Claimed *c)
 	c->timeout_ms = isnull ? lava_request_timeout_ms : DatumGetInt32(d);
 }
 
-/*
- * A saved plan for one of the worker's statements, prepared on first use.
- * The plan cache re-plans it when the extension is dropped and created
- * again.
- */
-static SPIPlanPtr
-SavedPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
-{
-	if (*slot == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-		if (plan == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INTERNAL_ERROR),
-					 errmsg("lava worker could not prepare \"%s\": %s",
-							sql, SPI_result_code_string(SPI_result))));
-		if (SPI_keepplan(plan) != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INTERNAL_ERROR),
-					 errmsg("lava worker could not keep the plan of \"%s\"", sql)));
-		*slot = plan;
-	}
-	return *slot;
-}
-
 static SPIPlanPtr ClaimPlan = NULL;
 static SPIPlanPtr NextDuePlan = NULL;
 static SPIPlanPtr CompletePlan = NULL;
@@ -559,11 +523,12 @@ ClaimStep(void *arg)
 	values[1] = Int32GetDatum(cap);
 	values[2] = PointerGetDatum(construct_array(key_datums, nnear, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
 	values[3] = PointerGetDatum(construct_array(room_datums, nnear, INT4OID, sizeof(int32), true, TYPALIGN_INT));
-	CheckSpi(SPI_execute_plan(SavedPlan(&ClaimPlan,
-										"SELECT request_id, spend_key_id, method, url, headers, body, timeout_ms "
-										"FROM lava._claim($1::int, $2::int, $3::uuid[], $4::int[])", 4, argtypes),
-							  values, NULL, false, 0),
-			 SPI_OK_SELECT, "lava._claim");
+	LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&ClaimPlan,
+												"SELECT request_id, spend_key_id, method, url, headers, body, timeout_ms "
+												"FROM lava._claim($1::int, $2::int, $3::uuid[], $4::int[])",
+												4, argtypes),
+								  values, NULL, false, 0),
+				 SPI_OK_SELECT, "lava._claim");
 	CheckColumns(SPI_tuptable->tupdesc, claim_types, lengthof(claim_types), "lava._claim");
 	w->rows = MemoryContextAlloc(LoopContext, sizeof(Claimed) * Max(SPI_processed, 1));
 	for (i = 0; i < SPI_processed; i++)
@@ -576,9 +541,9 @@ ClaimStep(void *arg)
 		w->next_due = 0;
 		return;
 	}
-	CheckSpi(SPI_execute_plan(SavedPlan(&NextDuePlan, "SELECT lava._next_due()", 0, NULL),
-							  NULL, NULL, false, 1),
-			 SPI_OK_SELECT, "lava._next_due");
+	LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&NextDuePlan, "SELECT lava._next_due()", 0, NULL),
+								  NULL, NULL, false, 1),
+				 SPI_OK_SELECT, "lava._next_due");
 	w->next_due = -1;
 	if (SPI_processed == 1 && SPI_gettypeid(SPI_tuptable->tupdesc, 1) == FLOAT8OID)
 	{
@@ -631,12 +596,12 @@ CompleteStep(void *arg)
 	values[4] = PointerGetDatum(construct_md_array(retries, retry_nulls, 1, dims, lbs, FLOAT8OID,
 												   sizeof(float8), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 
-	CheckSpi(SPI_execute_plan(SavedPlan(&CompletePlan,
-										"SELECT completed, failed, requeued "
-										"FROM lava._complete($1::bigint[], $2::int[], $3::text[], "
-										"$4::text[], $5::float8[])", 5, argtypes),
-							  values, NULL, false, 0),
-			 SPI_OK_SELECT, "lava._complete");
+	LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&CompletePlan,
+												"SELECT completed, failed, requeued "
+												"FROM lava._complete($1::bigint[], $2::int[], $3::text[], "
+												"$4::text[], $5::float8[])", 5, argtypes),
+								  values, NULL, false, 0),
+				 SPI_OK_SELECT, "lava._complete");
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_CARDINALITY_VIOLATION),
@@ -651,8 +616,8 @@ CompleteStep(void *arg)
 static void
 RecoverStep(void *arg)
 {
-	CheckSpi(SPI_execute_with_args("SELECT lava._worker_recover()", 0, NULL, NULL, NULL, false, 1),
-			 SPI_OK_SELECT, "lava._worker_recover");
+	LavaCheckSpi(SPI_execute_with_args("SELECT lava._worker_recover()", 0, NULL, NULL, NULL, false, 1),
+				 SPI_OK_SELECT, "lava._worker_recover");
 	*(int64 *) arg = SPI_processed == 1 ? ResultInt(1) : 0;
 }
 
@@ -664,8 +629,8 @@ PurgeStep(void *arg)
 	Datum		values[1];
 
 	values[0] = Int32GetDatum(lava_request_ttl_s);
-	CheckSpi(SPI_execute_with_args("SELECT lava._purge($1::int)", 1, argtypes, values, NULL, false, 1),
-			 SPI_OK_SELECT, "lava._purge");
+	LavaCheckSpi(SPI_execute_with_args("SELECT lava._purge($1::int)", 1, argtypes, values, NULL, false, 1),
+				 SPI_OK_SELECT, "lava._purge");
 	*(int64 *) arg = SPI_processed == 1 ? ResultInt(1) : 0;
 }
 
