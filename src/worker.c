@@ -83,7 +83,6 @@ typedef struct Claimed
 {
 	int64		id;
 	pg_uuid_t	key;			/* the spend key it goes through */
-	bool		has_key;
 	char	   *method;
 	char	   *url;
 	char	  **headers;		/* "Name: value"; hold API keys */
@@ -451,9 +450,11 @@ CopyClaimed(HeapTuple tup, TupleDesc desc, Claimed *c)
 	c->id = DatumGetInt64(d);
 
 	d = SPI_getbinval(tup, desc, 2, &isnull);
-	c->has_key = !isnull;
-	if (!isnull)
-		memcpy(&c->key, DatumGetUUIDP(d), sizeof(pg_uuid_t));
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("lava._claim returned a NULL spend_key_id")));
+	memcpy(&c->key, DatumGetUUIDP(d), sizeof(pg_uuid_t));
 
 	d = SPI_getbinval(tup, desc, 3, &isnull);
 	c->method = isnull ? NULL : CopyText(d, NULL);
@@ -800,7 +801,7 @@ Submit(Claimed *c)
 		snprintf(msg, sizeof(msg), "could not start the upstream call: %s", err);
 		AddOutcome(c->id, 0, NULL, 0, msg, -1);
 	}
-	else if (c->has_key)
+	else
 		LavaKeyLoadAdd(c->id, &c->key);
 	/* curl has its own copy now; these hold API keys */
 	for (i = 0; i < c->nheaders; i++)
@@ -835,10 +836,12 @@ ClaimAndSubmit(void)
 		LavaStateAddCounts(w.nrows, 0, 0);
 	for (i = 0; i < w.nrows; i++)
 		Submit(&w.rows[i]);
-	/* a key that reached its cap may have had rows held back, and with
-	 * them other keys' due rows: look again */
+	/*
+	 * A key that reached its cap may have had rows held back, and with them
+	 * other keys' due rows: look again.
+	 */
 	for (i = 0; i < w.nrows && !ClaimWanted; i++)
-		if (w.rows[i].has_key && LavaKeyLoadAtCap(&w.rows[i].key))
+		if (LavaKeyLoadAtCap(&w.rows[i].key))
 			ClaimWanted = true;
 }
 
