@@ -76,15 +76,14 @@ DECLARE
 	quota integer;
 	waiting jsonb := '{}';		-- per paced key: [seconds to its next token, requests already put behind it]
 BEGIN
-	-- The queue fills and drains faster than autovacuum analyses it, and a
-	-- partial index built on an empty table looks empty to the planner until
-	-- then (it would scan the whole queue for every lookup).  Analyse when
-	-- more rows changed since the last time than the table had then (at
-	-- least 1,000): rarely for a big table, where each ANALYZE costs a claim
-	-- about 100 ms, soon for a new one, whose empty-table statistics make
-	-- the planner scan the whole queue.  (All columns: an
-	-- ANALYZE of some columns does not reset the count of changes.  The
-	-- wide ones carry no statistics, so this is cheaper than it looks.)
+	-- The queue fills and drains faster than autovacuum analyses it, and the
+	-- planner still weighs one index against another by the row counts:
+	-- analyse when more rows changed since the last time than the table had
+	-- then (at least 1,000), so soon for a new table and rarely for a big
+	-- one, where each ANALYZE costs a claim about 100 ms.
+	-- All columns (an ANALYZE of some columns does not reset the count of
+	-- changes); the wide ones carry no statistics, so it is cheaper than it
+	-- looks.
 	IF pg_catalog.pg_stat_get_mod_since_analyze('lava.request_store'::regclass)
 	   > GREATEST(1000, (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = 'lava.request_store'::regclass)) THEN
 		ANALYZE (SKIP_LOCKED) lava.request_store;
