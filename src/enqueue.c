@@ -1,37 +1,33 @@
 /*-------------------------------------------------------------------------
  *
  * enqueue.c
- *	  lava.prompt() in C: the common case of queueing a prompt, in three
- *	  saved SPI plans (the route, the admission UPDATE, the queue INSERT)
- *	  instead of five PL/pgSQL frames.
+ *	  lava.prompt() in C: the common case of queueing a prompt, with direct
+ *	  table access (direct.c) for the route, the admission and the queue
+ *	  row instead of five PL/pgSQL frames or three SQL statements.
  *
  *	  The fast path handles one case only: a key (given or the session's),
  *	  non-null model and prompt, options that are {} or {"max_tokens": N}
  *	  with N a plain integer from 1 to 100000000, a model that exactly one
  *	  enabled provider serves, a bounded output when the model is priced,
- *	  and an admission that the single UPDATE of lava._admit's fast path
- *	  grants.  Everything else (other options, no key, no or several routes,
- *	  a refusal, nulls) goes to lava._prompt_sql, the PL/pgSQL
- *	  implementation, before anything was written, so that each error and
- *	  each uncommon case behaves exactly as it does there.  The rows written
- *	  are the same as lava._prompt_sql writes (test/pgtap/enqueue.sql
- *	  compares them).  The admission UPDATE is lava._admit's, so the limits
- *	  hold under concurrency for the same reason: the key's row lock and
- *	  READ COMMITTED's re-check of the WHERE clause.
+ *	  and an admission that lava._admit's fast path grants.  Everything
+ *	  else (other options, no key, no or several routes, a refusal, nulls)
+ *	  goes to lava._prompt_sql, the PL/pgSQL implementation, before anything
+ *	  was written, so that each error and each uncommon case behaves exactly
+ *	  as it does there.  The rows written are the same as lava._prompt_sql
+ *	  writes (test/pgtap/enqueue.sql compares them), and the limits hold
+ *	  under concurrency for the same reason: the key's row lock, taken on
+ *	  its newest version before the limits are checked.
  *
- *	  Every statement is schema-qualified and takes its values as
- *	  parameters; the plaintext key is a parameter only.  lava.prompt stays
- *	  SECURITY DEFINER with search_path pinned to pg_catalog, pg_temp: the
- *	  statements here are parsed (and re-parsed after an invalidation) under
- *	  that path, so a caller's search_path cannot resolve their operators to
- *	  its own.  Measured, the pinning costs ~2% of an enqueue.
+ *	  The plaintext key is only hashed here.  lava.prompt stays SECURITY
+ *	  DEFINER with search_path pinned to pg_catalog, pg_temp, like every
+ *	  function that writes lava's tables.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "executor/spi.h"
+#include "utils/snapmgr.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
@@ -53,78 +49,6 @@ extern Datum lava_wake_worker(PG_FUNCTION_ARGS);
 
 /* the largest output cap an option may ask for (lava._body_int) */
 #define LAVA_MAX_CAP 100000000
-
-/* saved plans, prepared at the first call in a backend */
-static SPIPlanPtr RoutePlan = NULL;
-static SPIPlanPtr AdmitPlan = NULL;
-static SPIPlanPtr InsertPlan = NULL;
-
-/* the one route of a model (lava._route when a single provider serves it) */
-static const char RouteSql[] =
-"SELECT p.name, p.request_shape, m.model, m.input_price_per_mtok, m.output_price_per_mtok, m.max_output_tokens "
-"FROM lava.models m JOIN lava.providers p ON p.name = m.provider "
-"WHERE m.model = $1 AND p.enabled "
-"LIMIT 2";
-
-/*
- * lava._admit's fast path: $1 key, $2 provider, $3 model, $4 reservation,
- * $5 the clock.  lava._period_start(cycle, $5), which the planner inlines
- * as a CASE over the cycle with two time zone conversions and a date_trunc
- * per branch, is lava._cycle_start(cycle, $6, $7, $8) here: the start of
- * each calendar cycle's period is computed once in C (PeriodStart) and
- * passed as $6 daily, $7 weekly, $8 monthly, and the six uses per row are
- * one C call each instead of a CASE each.
- */
-#define RQ_START "lava._cycle_start(s.request_cycle, $6, $7, $8)"
-#define SP_START "lava._cycle_start(s.spend_cycle, $6, $7, $8)"
-
-static const char AdmitSql[] =
-"UPDATE lava.spend_key_store s SET "
-"	request_period_start = GREATEST(" RQ_START ", s.request_period_start), "
-"	period_requests = CASE WHEN " RQ_START " > s.request_period_start "
-"						   THEN 0 ELSE s.period_requests END + 1, "
-"	total_requests = s.total_requests + 1, "
-"	spend_period_start = GREATEST(" SP_START ", s.spend_period_start), "
-"	period_spend = CASE WHEN " SP_START " > s.spend_period_start "
-"						THEN 0 ELSE s.period_spend END, "
-"	reserved_spend = pg_catalog.trim_scale(s.reserved_spend + COALESCE($4, 0)), "
-"	last_used_at = $5 "
-"WHERE s.key_digest = lava._key_digest($1) "
-"  AND s.revoked_at IS NULL "
-"  AND s.status = 'active' "
-"  AND (s.expires_at IS NULL OR s.expires_at > $5) "
-"  AND (s.allowed_providers IS NULL OR $2 = ANY (s.allowed_providers)) "
-"  AND (s.allowed_models IS NULL OR $3 = ANY (s.allowed_models)) "
-"  AND (s.request_limit_count IS NULL "
-"	   OR CASE WHEN " RQ_START " > s.request_period_start "
-"			   THEN 0 ELSE s.period_requests END < s.request_limit_count) "
-"  AND (s.spend_limit_amount IS NULL "
-"	   OR ($4 IS NOT NULL "
-"		   AND CASE WHEN " SP_START " > s.spend_period_start "
-"					THEN 0 ELSE s.period_spend END + s.reserved_spend + $4 <= s.spend_limit_amount)) "
-"RETURNING s.spend_key_id, GREATEST($5, s.spend_period_start), COALESCE($4, 0)";
-
-/* lava._enqueue's INSERT */
-static const char InsertSql[] =
-"INSERT INTO lava.request_store (spend_key_id, role_name, provider, model, endpoint, method, body, "
-"	request_shape, input_price, output_price, reservation, admitted_at, metadata) "
-"VALUES ($1, $2, $3, $4, $5, 'POST', $6, $7, $8, $9, $10, $11, NULL) "
-"RETURNING request_id";
-
-/* Prepares the plans this backend has not prepared yet. */
-static void
-PreparePlans(void)
-{
-	Oid			route_types[1] = {TEXTOID};
-	Oid			admit_types[8] = {TEXTOID, TEXTOID, TEXTOID, NUMERICOID, TIMESTAMPTZOID,
-	TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
-	Oid			insert_types[11] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID,
-	TEXTOID, NUMERICOID, NUMERICOID, NUMERICOID, TIMESTAMPTZOID};
-
-	LavaSavedPlan(&RoutePlan, RouteSql, 1, route_types);
-	LavaSavedPlan(&AdmitPlan, AdmitSql, 8, admit_types);
-	LavaSavedPlan(&InsertPlan, InsertSql, 11, insert_types);
-}
 
 /*
  * The output cap of the options when they are {} (0) or {"max_tokens": N}
@@ -253,21 +177,8 @@ PeriodStart(const char *unit, Datum at)
 Datum
 lava_cycle_start(PG_FUNCTION_ARGS)
 {
-	int			arg = 0;
+	int			arg = LavaCycleIndex(PG_GETARG_DATUM(0), PG_ARGISNULL(0));
 
-	if (!PG_ARGISNULL(0))
-	{
-		text	   *cycle = PG_GETARG_TEXT_PP(0);
-		const char *c = VARDATA_ANY(cycle);
-		int			len = VARSIZE_ANY_EXHDR(cycle);
-
-		if (len == 5 && memcmp(c, "daily", 5) == 0)
-			arg = 1;
-		else if (len == 6 && memcmp(c, "weekly", 6) == 0)
-			arg = 2;
-		else if (len == 7 && memcmp(c, "monthly", 7) == 0)
-			arg = 3;
-	}
 	if (arg == 0)
 		PG_RETURN_TIMESTAMPTZ(DT_NOBEGIN);
 	if (PG_ARGISNULL(arg))
@@ -333,20 +244,16 @@ lava_prompt(PG_FUNCTION_ARGS)
 	text	   *key;
 	int64		cap;
 	bool		has_cap;
-	Datum		route[6];
-	bool		route_null[6];
+	LavaRoute	route;
+	int			routes;
 	bool		anthropic;
 	Jsonb	   *body;
 	Datum		reservation = (Datum) 0;
 	bool		reservation_null;
-	Datum		admit_values[8];
-	char		admit_nulls[8];
-	Datum		insert_values[11];
-	char		insert_nulls[11];
-	Datum		admission[3];
-	bool		isnull;
+	TimestampTz now;
+	TimestampTz starts[3];
+	LavaQueueRow row;
 	int64		request_id;
-	int			i;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		return Fallback(fcinfo);
@@ -359,97 +266,65 @@ lava_prompt(PG_FUNCTION_ARGS)
 	if (VARSIZE_ANY_EXHDR(model) > JENTRY_OFFLENMASK / 4 || VARSIZE_ANY_EXHDR(prompt) > JENTRY_OFFLENMASK / 4)
 		return Fallback(fcinfo);
 	cap = OptionsCap(PG_GETARG_JSONB_P(2));
-	if (cap < 0)
+	if (cap < 0 || !LavaDirectUsable())
 		return Fallback(fcinfo);
 	has_cap = cap > 0;
 
-	LavaCheckSpi(SPI_connect(), SPI_OK_CONNECT, "SPI_connect");
-	PreparePlans();
+	/* a snapshot of now, as each statement of lava._prompt_sql takes */
+	PushActiveSnapshot(GetTransactionSnapshot());
 
 	/* the route: exactly one enabled provider serves the model */
+	routes = LavaDirectRoute(model, &route);
+	if (routes != 1)
 	{
-		Datum		v[1] = {PointerGetDatum(model)};
-
-		/* (not read-only: a snapshot of now, as lava._prompt_sql takes) */
-		LavaCheckSpi(SPI_execute_plan(RoutePlan, v, NULL, false, 2), SPI_OK_SELECT, "route lookup");
-	}
-	if (SPI_processed != 1)
-	{
-		SPI_finish();
+		PopActiveSnapshot();
 		return Fallback(fcinfo);
 	}
-	for (i = 0; i < 6; i++)
-		route[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1, &route_null[i]);
-	if (route_null[0] || route_null[1] || route_null[2])
-	{
-		SPI_finish();
-		return Fallback(fcinfo);
-	}
-	anthropic = strcmp(TextDatumGetCString(route[1]), "anthropic") == 0;
+	anthropic = strcmp(TextDatumGetCString(route.shape), "anthropic") == 0;
 
 	/* the cap: the option, else the model's; required when priced or anthropic */
-	if (!has_cap && !route_null[5])
+	if (!has_cap && !route.max_output_null)
 	{
-		cap = DatumGetInt32(route[5]);
+		cap = route.max_output;
 		has_cap = true;
 	}
-	if (!has_cap && (anthropic || !route_null[4]))
+	if (!has_cap && (anthropic || !route.out_price_null))
 	{
-		SPI_finish();
+		PopActiveSnapshot();
 		return Fallback(fcinfo);
 	}
 
 	body = BuildBody(model, prompt, anthropic, has_cap, cap);
-	reservation_null = !Reservation(body, route[3], route_null[3], route[4], route_null[4],
+	reservation_null = !Reservation(body, route.in_price, route.in_price_null,
+									route.out_price, route.out_price_null,
 									has_cap ? cap : 0, &reservation);
 
 	/* the admission: lava._admit's fast path, else lava._prompt_sql finds out why */
-	admit_values[0] = PointerGetDatum(key);
-	admit_values[1] = route[0];
-	admit_values[2] = route[2];
-	admit_values[3] = reservation;
-	admit_values[4] = TimestampTzGetDatum(GetCurrentTimestamp());
-	admit_values[5] = PeriodStart("day", admit_values[4]);
-	admit_values[6] = PeriodStart("week", admit_values[4]);
-	admit_values[7] = PeriodStart("month", admit_values[4]);
-	memset(admit_nulls, ' ', sizeof(admit_nulls));
-	if (reservation_null)
-		admit_nulls[3] = 'n';
-	LavaCheckSpi(SPI_execute_plan(AdmitPlan, admit_values, admit_nulls, false, 0),
-				 SPI_OK_UPDATE_RETURNING, "admission");
-	if (SPI_processed != 1)
+	now = GetCurrentTimestamp();
+	starts[0] = DatumGetTimestampTz(PeriodStart("day", TimestampTzGetDatum(now)));
+	starts[1] = DatumGetTimestampTz(PeriodStart("week", TimestampTzGetDatum(now)));
+	starts[2] = DatumGetTimestampTz(PeriodStart("month", TimestampTzGetDatum(now)));
+	if (!LavaDirectAdmit(key, &route, reservation, reservation_null, now, starts,
+						 &row.spend_key_id, &row.admitted_at))
 	{
-		SPI_finish();
+		PopActiveSnapshot();
 		return Fallback(fcinfo);
 	}
-	for (i = 0; i < 3; i++)
-		admission[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1, &isnull);
 
 	/* the queue row */
-	insert_values[0] = admission[0];
-	insert_values[1] = CStringGetTextDatum(GetUserNameFromId(GetOuterUserId(), false));
-	insert_values[2] = route[0];
-	insert_values[3] = route[2];
-	insert_values[4] = CStringGetTextDatum(anthropic ? "/messages" : "/chat/completions");
-	insert_values[5] = JsonbPGetDatum(body);
-	insert_values[6] = route[1];
-	insert_values[7] = route[3];
-	insert_values[8] = route[4];
-	insert_values[9] = admission[2];
-	insert_values[10] = admission[1];
-	memset(insert_nulls, ' ', sizeof(insert_nulls));
-	if (route_null[3])
-		insert_nulls[7] = 'n';
-	if (route_null[4])
-		insert_nulls[8] = 'n';
-	LavaCheckSpi(SPI_execute_plan(InsertPlan, insert_values, insert_nulls, false, 1),
-				 SPI_OK_INSERT_RETURNING, "queueing the request");
-	if (SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_CARDINALITY_VIOLATION),
-				 errmsg("lava: queueing the request inserted " UINT64_FORMAT " rows, not 1", SPI_processed)));
-	request_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
+	row.role_name = CStringGetTextDatum(GetUserNameFromId(GetOuterUserId(), false));
+	row.provider = route.provider;
+	row.model = route.model;
+	row.endpoint = CStringGetTextDatum(anthropic ? "/messages" : "/chat/completions");
+	row.body = JsonbPGetDatum(body);
+	row.request_shape = route.shape;
+	row.input_price = route.in_price;
+	row.input_price_null = route.in_price_null;
+	row.output_price = route.out_price;
+	row.output_price_null = route.out_price_null;
+	row.reservation = reservation_null ? NumericGetDatum(int64_to_numeric(0)) : reservation;
+	request_id = LavaDirectQueue(&row);
+	PopActiveSnapshot();
 
 	/* the worker wakes when this transaction commits */
 	{

@@ -57,6 +57,46 @@ extern int	LavaKeyLoadNearCap(int want, pg_uuid_t **keys, int **rooms);
 extern SPIPlanPtr LavaSavedPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
 extern void LavaCheckSpi(int ret, int expected, const char *what);
 
+/* lava.prompt's fast path: direct access to lava's tables (direct.c) */
+typedef struct LavaRoute
+{
+	Datum		provider;		/* text, as each Datum here */
+	Datum		shape;
+	Datum		model;
+	Datum		in_price;		/* numeric */
+	Datum		out_price;		/* numeric */
+	int32		max_output;
+	bool		in_price_null;
+	bool		out_price_null;
+	bool		max_output_null;
+} LavaRoute;
+
+typedef struct LavaQueueRow
+{
+	Datum		spend_key_id;	/* uuid */
+	Datum		role_name;		/* text, as the others unless said */
+	Datum		provider;
+	Datum		model;
+	Datum		endpoint;
+	Datum		body;			/* jsonb */
+	Datum		request_shape;
+	Datum		input_price;	/* numeric */
+	Datum		output_price;	/* numeric */
+	Datum		reservation;	/* numeric */
+	TimestampTz admitted_at;
+	bool		input_price_null;
+	bool		output_price_null;
+} LavaQueueRow;
+
+extern bool LavaDirectUsable(void);
+extern int	LavaCycleIndex(Datum cycle, bool isnull);
+extern int	LavaDirectRoute(text *model, LavaRoute *route);
+extern bool LavaDirectAdmit(text *key, const LavaRoute *route, Datum reservation,
+							bool reservation_null, TimestampTz now,
+							const TimestampTz starts[3], Datum *key_id,
+							TimestampTz *admitted_at);
+extern int64 LavaDirectQueue(const LavaQueueRow *row);
+
 /* the background worker (worker.c) */
 extern PGDLLEXPORT void LavaWorkerMain(Datum main_arg);
 

@@ -5,7 +5,7 @@
 -- path.  Which path ran is read from pg_stat_get_xact_function_calls: the
 -- C code counts its calls of lava._prompt_sql like the executor would.
 BEGIN;
-SELECT plan(102);
+SELECT plan(113);
 SET LOCAL track_functions = 'all';
 
 INSERT INTO lava.providers (name, base_url, api_key, request_shape) VALUES
@@ -36,12 +36,17 @@ CREATE TEMP TABLE keys AS SELECT
 	lava.create_spend_key('{"name": "three", "request_limit": {"count": 3, "cycle": "daily"}}') AS three,
 	lava.create_spend_key('{"name": "tight", "spend_limit": {"amount": "0.0016", "cycle": "total"}}') AS tight,
 	lava.create_spend_key('{"name": "narrow", "allowed_models": ["gpt-mini"]}') AS narrow,
-	lava.create_spend_key('{"name": "paused"}') AS paused;
+	lava.create_spend_key('{"name": "paused"}') AS paused,
+	lava.create_spend_key('{"name": "expired"}') AS expired,
+	lava.create_spend_key('{"name": "revoked"}') AS revoked,
+	lava.create_spend_key('{"name": "only-an", "allowed_providers": ["an"]}') AS only_an;
 CREATE FUNCTION pg_temp.k(which text) RETURNS text LANGUAGE sql AS
 	$$ SELECT (to_jsonb(keys) -> which) ->> 'key' FROM keys $$;
 CREATE FUNCTION pg_temp.kid(which text) RETURNS uuid LANGUAGE sql AS
 	$$ SELECT ((to_jsonb(keys) -> which) ->> 'spend_key_id')::uuid FROM keys $$;
 DO $$ BEGIN PERFORM lava.update_spend_key(pg_temp.kid('paused'), '{"status": "paused"}'); END $$;
+DO $$ BEGIN PERFORM lava.revoke_spend_key(pg_temp.kid('revoked')); END $$;
+UPDATE lava.spend_key_store SET expires_at = now() - interval '1 second' WHERE spend_key_id = pg_temp.kid('expired');
 
 -- how many times lava.prompt fell back to lava._prompt_sql in this transaction
 CREATE FUNCTION pg_temp.fallbacks() RETURNS bigint LANGUAGE sql AS
@@ -119,6 +124,9 @@ SELECT is(fast_key, slow_key, 'same key counters after: ' || label) FROM pairs O
 SELECT is(fell_back, 0::bigint, 'fast path taken: ' || label) FROM pairs ORDER BY label;
 SELECT ok(fast_at BETWEEN fast_clock AND clock_timestamp(), 'admitted_at is the clock at admission: ' || label)
 FROM pairs WHERE label = 'openai, max_tokens';
+SELECT is((SELECT count(*) FROM lava.request_store WHERE created_at = now() AND next_attempt_at = now()
+		   AND spend_key_id = pg_temp.kid('fast')), (SELECT count(*) FROM pairs),
+	'the fast path''s rows are created and due at now(), as the columns'' defaults');
 
 -- role_name is the invoker, not the owner of the SECURITY DEFINER function
 CREATE ROLE lava_enqueue_tap_app;
@@ -174,6 +182,9 @@ INSERT INTO bad VALUES
 	('malformed key', $$'gpt-mini', 'x', '{}', 'lava_sk_short'$$, '28000'),
 	('unknown key', $$'gpt-mini', 'x', '{}', 'lava_sk_' || repeat('A', 43)$$, '28000'),
 	('paused key', $$'gpt-mini', 'x', '{}', pg_temp.k('paused')$$, '55000'),
+	('expired key', $$'gpt-mini', 'x', '{}', pg_temp.k('expired')$$, '28000'),
+	('revoked key', $$'gpt-mini', 'x', '{}', pg_temp.k('revoked')$$, '28000'),
+	('provider not allowed', $$'gpt-mini', 'x', '{}', pg_temp.k('only_an')$$, '42501'),
 	('model not allowed', $$'claude-s', 'x', '{}', pg_temp.k('narrow')$$, '42501'),
 	('unknown model', $$'gpt-nope', 'x', '{}', pg_temp.k('free')$$, '42704'),
 	('disabled provider only', $$'gpt-off', 'x', '{}', pg_temp.k('free')$$, '42704'),
@@ -205,6 +216,34 @@ SELECT is(left(pg_temp.err($$SELECT lava.prompt('gpt-mini', 'x', '{}', pg_temp.k
 	'53400 / spend limit reach', 'spend limit: the third refused');
 SELECT is((SELECT count(*) FROM lava.request_store WHERE spend_key_id = pg_temp.kid('tight')), 2::bigint,
 	'spend limit: two requests queued, the refused one not');
+
+-- the tables' shape is checked: a column with a default, or a trigger, that
+-- direct access would not honour sends lava.prompt to lava._prompt_sql, and
+-- the fast path comes back once they are gone
+CREATE FUNCTION pg_temp.fell_back(key text) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+	before bigint := pg_temp.fallbacks();
+BEGIN
+	PERFORM lava.prompt('gpt-mini', 'shape', '{"max_tokens": 1}', pg_temp.k(key));
+	RETURN pg_temp.fallbacks() - before;
+END $$;
+ALTER TABLE lava.request_store ADD COLUMN tap_extra integer DEFAULT 7;
+SELECT is(pg_temp.fell_back('free'), 1::bigint, 'a new column with a default: falls back');
+SELECT is((SELECT tap_extra FROM lava.request_store ORDER BY request_id DESC LIMIT 1), 7,
+	'a new column with a default: the row has the default');
+ALTER TABLE lava.request_store DROP COLUMN tap_extra;
+SELECT is(pg_temp.fell_back('free'), 0::bigint, 'the column dropped: fast path again');
+CREATE TEMP TABLE tap_seen (request_id bigint);
+CREATE FUNCTION pg_temp.seen() RETURNS trigger LANGUAGE plpgsql AS
+	$$ BEGIN INSERT INTO pg_temp.tap_seen VALUES (NEW.request_id); RETURN NEW; END $$;
+CREATE TRIGGER tap_seen AFTER INSERT ON lava.request_store FOR EACH ROW EXECUTE FUNCTION pg_temp.seen();
+SELECT is(pg_temp.fell_back('free'), 1::bigint, 'a trigger on lava.request_store: falls back');
+SELECT is((SELECT count(*) FROM tap_seen), 1::bigint, 'a trigger on lava.request_store: it fired');
+DROP TRIGGER tap_seen ON lava.request_store;
+SELECT is(pg_temp.fell_back('free'), 0::bigint, 'the trigger dropped: fast path again');
+CREATE TRIGGER tap_seen_key BEFORE UPDATE ON lava.spend_key_store FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger();
+SELECT is(pg_temp.fell_back('free'), 1::bigint, 'a trigger on lava.spend_key_store: falls back');
+DROP TRIGGER tap_seen_key ON lava.spend_key_store;
 
 -- lava._cycle_start, given the calendar periods' starts, is lava._period_start
 SELECT is(lava._cycle_start(c, lava._period_start('daily', t), lava._period_start('weekly', t), lava._period_start('monthly', t)),
