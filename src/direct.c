@@ -299,8 +299,9 @@ LavaDirectUsable(void)
 /*
  * Opens the relation of the cache in *relid to read it, or to write it
  * (mode RowExclusiveLock); NULL when direct access is not possible: the
- * relation is gone, its shape changed, or it is to be written and has
- * triggers or rules, which direct access does not fire.  Invalidations that
+ * relation is gone, its shape changed, row security is forced on its owner,
+ * or it is to be written and has triggers or rules, which direct access
+ * does not fire.  Invalidations that
  * arrive with the lock rebuild the cache first.
  */
 static Relation
@@ -318,7 +319,7 @@ OpenDirect(const Oid *relid, LOCKMODE mode)
 		Cache.valid = false;
 		return NULL;
 	}
-	if (!LavaDirectUsable() || *relid != want ||
+	if (!LavaDirectUsable() || *relid != want || rel->rd_rel->relforcerowsecurity ||
 		(mode == RowExclusiveLock && (rel->trigdesc != NULL || rel->rd_rel->relhasrules)))
 	{
 		table_close(rel, mode);

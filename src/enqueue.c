@@ -26,6 +26,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "utils/snapmgr.h"
 #include "fmgr.h"
@@ -255,7 +256,12 @@ lava_prompt(PG_FUNCTION_ARGS)
 	LavaQueueRow row;
 	int64		request_id;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+	/*
+	 * Direct access bypasses the executor's read-only check: a read-only
+	 * transaction (or a standby) gets lava._prompt_sql's error instead.
+	 */
+	if (XactReadOnly || IsInParallelMode() ||
+		PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		return Fallback(fcinfo);
 	key = CallKey(fcinfo);
 	if (key == NULL)

@@ -5,7 +5,7 @@
 -- path.  Which path ran is read from pg_stat_get_xact_function_calls: the
 -- C code counts its calls of lava._prompt_sql like the executor would.
 BEGIN;
-SELECT plan(113);
+SELECT plan(115);
 SET LOCAL track_functions = 'all';
 
 INSERT INTO lava.providers (name, base_url, api_key, request_shape) VALUES
@@ -244,6 +244,15 @@ SELECT is(pg_temp.fell_back('free'), 0::bigint, 'the trigger dropped: fast path 
 CREATE TRIGGER tap_seen_key BEFORE UPDATE ON lava.spend_key_store FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger();
 SELECT is(pg_temp.fell_back('free'), 1::bigint, 'a trigger on lava.spend_key_store: falls back');
 DROP TRIGGER tap_seen_key ON lava.spend_key_store;
+
+-- a read-only transaction: lava._prompt_sql's error (25006), nothing written
+CREATE TEMP TABLE ro0 AS SELECT count(*) AS n FROM lava.request_store;
+SAVEPOINT read_only;
+SET LOCAL transaction_read_only = on;
+SELECT pg_temp.err($$SELECT lava.prompt('gpt-mini', 'x', '{"max_tokens": 1}', pg_temp.k('free'))$$) AS ro_err \gset
+ROLLBACK TO SAVEPOINT read_only;
+SELECT is(left(:'ro_err', 5), '25006', 'a read-only transaction: refused with 25006');
+SELECT is((SELECT count(*) FROM lava.request_store), (SELECT n FROM ro0), 'a read-only transaction: nothing queued');
 
 -- lava._cycle_start, given the calendar periods' starts, is lava._period_start
 SELECT is(lava._cycle_start(c, lava._period_start('daily', t), lava._period_start('weekly', t), lava._period_start('monthly', t)),
