@@ -268,6 +268,8 @@ BuildCache(void)
 		FindColumns(providers, ProviderColumns, P_NCOLS, Cache.p) &&
 		OtherColumnsNullable(requests, Cache.r, R_NCOLS) &&
 		keys->rd_rel->relkind == RELKIND_RELATION && requests->rd_rel->relkind == RELKIND_RELATION &&
+		(keys->rd_att->constr == NULL ||
+		 (keys->rd_att->constr->num_check == 0 && !keys->rd_att->constr->has_generated_stored)) &&
 		IndexOnColumn(Cache.keys_digest_idx, Cache.keys, Cache.k[K_DIGEST], true) &&
 		IndexOnColumn(Cache.models_model_idx, Cache.models, Cache.m[M_MODEL], false) &&
 		IndexOnColumn(Cache.providers_name_idx, Cache.providers, Cache.p[P_NAME], true);
@@ -521,13 +523,35 @@ LavaCycleIndex(Datum cycle, bool isnull)
 	return 0;
 }
 
-/* The start of the current period of a cycle, given the calendar ones. */
+/*
+ * lava._period_start(cycle, at) for a calendar cycle: date_trunc(unit,
+ * at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', through the same functions.
+ */
 static TimestampTz
-CycleStart(Datum cycle, bool isnull, const TimestampTz starts[3])
+PeriodStart(const char *unit, TimestampTz at)
 {
+	Datum		utc = CStringGetTextDatum("UTC");
+	Datum		local = DirectFunctionCall2(timestamptz_zone, utc, TimestampTzGetDatum(at));
+
+	local = DirectFunctionCall2(timestamp_trunc, CStringGetTextDatum(unit), local);
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamp_zone, utc, local));
+}
+
+/*
+ * The start of the current period of a cycle at now: lava._period_start.
+ * starts[] keeps the calendar ones computed so far (0: not yet).
+ */
+static TimestampTz
+CycleStart(Datum cycle, bool isnull, TimestampTz now, TimestampTz starts[3])
+{
+	static const char *const units[3] = {"day", "week", "month"};
 	int			i = LavaCycleIndex(cycle, isnull);
 
-	return i == 0 ? DT_NOBEGIN : starts[i - 1];
+	if (i == 0)
+		return DT_NOBEGIN;
+	if (starts[i - 1] == 0)
+		starts[i - 1] = PeriodStart(units[i - 1], now);
+	return starts[i - 1];
 }
 
 /* An executor state to write rel with, as logical replication's apply does. */
@@ -561,15 +585,14 @@ EndWriteState(EState *estate, ResultRelInfo *rri)
 
 /*
  * lava._admit's fast path on the key's row: admits one request of provider
- * and model with reservation (NULL: not priced) at now, the period starts
- * of the calendar cycles in starts (daily, weekly, monthly).  On admission
+ * and model with reservation (NULL: not priced) at now.  On admission
  * the row's counters are updated and the key's id and the admission time
  * are returned; false (nothing written) when the key is unknown or the
  * request is not admitted, or direct access is not possible.
  */
 bool
 LavaDirectAdmit(text *key, const LavaRoute *route, Datum reservation, bool reservation_null,
-				TimestampTz now, const TimestampTz starts[3], Datum *key_id, TimestampTz *admitted_at)
+				TimestampTz now, Datum *key_id, TimestampTz *admitted_at)
 {
 	Snapshot	snap = GetActiveSnapshot();
 	bytea	   *digest = KeyDigest(key);
@@ -617,6 +640,7 @@ LavaDirectAdmit(text *key, const LavaRoute *route, Datum reservation, bool reser
 						 LockTupleNoKeyExclusive, LockWaitBlock,
 						 TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd) == TM_Ok)
 	{
+		TimestampTz starts[3] = {0, 0, 0};
 		TimestampTz rq_start,
 					sp_start,
 					rq_period,
@@ -631,8 +655,8 @@ LavaDirectAdmit(text *key, const LavaRoute *route, Datum reservation, bool reser
 		slot_getallattrs(slot);
 		v = slot->tts_values;
 		null = slot->tts_isnull;
-		rq_start = CycleStart(v[k[K_REQUEST_CYCLE] - 1], null[k[K_REQUEST_CYCLE] - 1], starts);
-		sp_start = CycleStart(v[k[K_SPEND_CYCLE] - 1], null[k[K_SPEND_CYCLE] - 1], starts);
+		rq_start = CycleStart(v[k[K_REQUEST_CYCLE] - 1], null[k[K_REQUEST_CYCLE] - 1], now, starts);
+		sp_start = CycleStart(v[k[K_SPEND_CYCLE] - 1], null[k[K_SPEND_CYCLE] - 1], now, starts);
 		rq_period = DatumGetTimestampTz(v[k[K_REQUEST_PERIOD_START] - 1]);
 		sp_period = DatumGetTimestampTz(v[k[K_SPEND_PERIOD_START] - 1]);
 		rq_reset = rq_start > rq_period;
@@ -669,6 +693,7 @@ LavaDirectAdmit(text *key, const LavaRoute *route, Datum reservation, bool reser
 		{
 			ResultRelInfo *rri;
 			EState	   *estate;
+			bool		update_indexes;
 			Datum	   *nv;
 			bool	   *nn;
 
@@ -691,9 +716,21 @@ LavaDirectAdmit(text *key, const LavaRoute *route, Datum reservation, bool reser
 			ExecStoreVirtualTuple(newslot);
 			ExecMaterializeSlot(newslot);
 
-			estate = WriteState(rel, snap, &rri);
-			ExecSimpleRelationUpdate(rri, estate, NULL, slot, newslot);
-			EndWriteState(estate, rri);
+			/*
+			 * ExecSimpleRelationUpdate without opening the indexes first:
+			 * the counters are in no index, so the update is usually HOT
+			 * and needs no index entry.  The new values are NOT NULL, and
+			 * the table has no CHECK constraint or generated column (the
+			 * cache's shape check), so there is no constraint to run.
+			 */
+			CheckCmdReplicaIdentity(rel, CMD_UPDATE);
+			simple_table_tuple_update(rel, &slot->tts_tid, newslot, snap, &update_indexes);
+			if (update_indexes)
+			{
+				estate = WriteState(rel, snap, &rri);
+				ExecInsertIndexTuples(rri, newslot, estate, true, false, NULL, NIL);
+				EndWriteState(estate, rri);
+			}
 
 			*key_id = datumCopy(v[k[K_ID] - 1], false, UUID_LEN);
 			*admitted_at = Max(now, Max(sp_start, sp_period));

@@ -156,20 +156,6 @@ Reservation(Jsonb *body, Datum in_price, bool in_null, Datum out_price, bool out
 }
 
 /*
- * lava._period_start(cycle, at) for a calendar cycle: date_trunc(unit,
- * at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', through the same functions.
- */
-static Datum
-PeriodStart(const char *unit, Datum at)
-{
-	Datum		utc = CStringGetTextDatum("UTC");
-	Datum		local = DirectFunctionCall2(timestamptz_zone, utc, at);
-
-	local = DirectFunctionCall2(timestamp_trunc, CStringGetTextDatum(unit), local);
-	return DirectFunctionCall2(timestamp_zone, utc, local);
-}
-
-/*
  * lava._cycle_start(cycle text, daily timestamptz, weekly timestamptz,
  * monthly timestamptz) returns timestamptz: the start given for the cycle,
  * -infinity for 'total', no cycle or any other value (lava._period_start's
@@ -252,7 +238,6 @@ lava_prompt(PG_FUNCTION_ARGS)
 	Datum		reservation = (Datum) 0;
 	bool		reservation_null;
 	TimestampTz now;
-	TimestampTz starts[3];
 	LavaQueueRow row;
 	int64		request_id;
 
@@ -307,10 +292,7 @@ lava_prompt(PG_FUNCTION_ARGS)
 
 	/* the admission: lava._admit's fast path, else lava._prompt_sql finds out why */
 	now = GetCurrentTimestamp();
-	starts[0] = DatumGetTimestampTz(PeriodStart("day", TimestampTzGetDatum(now)));
-	starts[1] = DatumGetTimestampTz(PeriodStart("week", TimestampTzGetDatum(now)));
-	starts[2] = DatumGetTimestampTz(PeriodStart("month", TimestampTzGetDatum(now)));
-	if (!LavaDirectAdmit(key, &route, reservation, reservation_null, now, starts,
+	if (!LavaDirectAdmit(key, &route, reservation, reservation_null, now,
 						 &row.spend_key_id, &row.admitted_at))
 	{
 		PopActiveSnapshot();

@@ -53,7 +53,7 @@ extern bool LavaKeyLoadDone(int64 id);
 extern bool LavaKeyLoadAtCap(const pg_uuid_t *key);
 extern int	LavaKeyLoadNearCap(int want, pg_uuid_t **keys, int **rooms);
 
-/* saved SPI plans and SPI checks, for worker.c and enqueue.c (plans.c) */
+/* saved SPI plans and SPI checks, for worker.c (plans.c) */
 extern SPIPlanPtr LavaSavedPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
 extern void LavaCheckSpi(int ret, int expected, const char *what);
 
@@ -93,8 +93,7 @@ extern int	LavaCycleIndex(Datum cycle, bool isnull);
 extern int	LavaDirectRoute(text *model, LavaRoute *route);
 extern bool LavaDirectAdmit(text *key, const LavaRoute *route, Datum reservation,
 							bool reservation_null, TimestampTz now,
-							const TimestampTz starts[3], Datum *key_id,
-							TimestampTz *admitted_at);
+							Datum *key_id, TimestampTz *admitted_at);
 extern int64 LavaDirectQueue(const LavaQueueRow *row);
 
 /* the background worker (worker.c) */

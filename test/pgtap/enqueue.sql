@@ -5,7 +5,7 @@
 -- path.  Which path ran is read from pg_stat_get_xact_function_calls: the
 -- C code counts its calls of lava._prompt_sql like the executor would.
 BEGIN;
-SELECT plan(115);
+SELECT plan(125);
 SET LOCAL track_functions = 'all';
 
 INSERT INTO lava.providers (name, base_url, api_key, request_shape) VALUES
@@ -244,6 +244,24 @@ SELECT is(pg_temp.fell_back('free'), 0::bigint, 'the trigger dropped: fast path 
 CREATE TRIGGER tap_seen_key BEFORE UPDATE ON lava.spend_key_store FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger();
 SELECT is(pg_temp.fell_back('free'), 1::bigint, 'a trigger on lava.spend_key_store: falls back');
 DROP TRIGGER tap_seen_key ON lava.spend_key_store;
+
+-- the key's row updated until it leaves its page (no pruning inside one
+-- transaction): updates that are not HOT insert index entries, and every
+-- index of both tables still holds every row (amcheck's heapallindexed)
+CREATE EXTENSION amcheck;
+CREATE TEMP TABLE hot0 AS SELECT (ctid::text::point)[0] AS page, pg_temp.fallbacks() AS n
+	FROM lava.spend_key_store WHERE spend_key_id = pg_temp.kid('free');
+DO $$ BEGIN PERFORM lava.prompt('gpt-mini', 'page', '{"max_tokens": 1}', pg_temp.k('free')) FROM generate_series(1, 300); END $$;
+SELECT isnt((SELECT (ctid::text::point)[0] FROM lava.spend_key_store WHERE spend_key_id = pg_temp.kid('free')),
+	(SELECT page FROM hot0), 'the key''s row moved to another page: some updates were not HOT');
+SELECT is(pg_temp.fallbacks(), (SELECT n FROM hot0), 'the fast path took all 300, across pages');
+SELECT is((SELECT total_requests - (SELECT count(*) FROM lava.request_store r WHERE r.spend_key_id = s.spend_key_id)
+		   FROM lava.spend_key_store s WHERE spend_key_id = pg_temp.kid('free')), 0::bigint,
+	'the key counted each request queued');
+SELECT lives_ok(format('SELECT bt_index_check(%L::regclass, true)', i), 'index holds every row: ' || i)
+FROM unnest(ARRAY['lava.spend_key_store_pkey', 'lava.spend_key_store_key_digest_key', 'lava.spend_key_store_list_idx',
+				  'lava.request_store_pkey', 'lava.request_store_queue_idx', 'lava.request_store_key_queue_idx',
+				  'lava.request_store_finished_idx']) i;
 
 -- a read-only transaction: lava._prompt_sql's error (25006), nothing written
 CREATE TEMP TABLE ro0 AS SELECT count(*) AS n FROM lava.request_store;
