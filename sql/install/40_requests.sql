@@ -470,7 +470,8 @@ COMMENT ON FUNCTION lava._prompt_sql(text, text, jsonb, text) IS
 	'internal: lava.prompt in PL/pgSQL, for the cases its C fast path leaves to it';
 
 -- lava._period_start(cycle, at) given the starts of the calendar cycles'
--- periods at `at`: what lava.prompt's admission UPDATE evaluates per row.
+-- periods at `at`, through the same C code (LavaCycleIndex) that lava.prompt's
+-- direct admission uses: test/pgtap/enqueue.sql checks the two agree.
 CREATE FUNCTION lava._cycle_start(cycle text, daily timestamptz, weekly timestamptz, monthly timestamptz)
 RETURNS timestamptz
 AS 'MODULE_PATHNAME', 'lava_cycle_start'
@@ -478,8 +479,9 @@ LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION lava._cycle_start(text, timestamptz, timestamptz, timestamptz) IS
 	'internal: the start of a cycle''s period, chosen among the given daily, weekly and monthly starts';
 
--- The common case in C with saved plans (same admission UPDATE, same row);
--- the rest, errors included, through lava._prompt_sql.
+-- The common case in C with direct table access (src/direct.c: the same
+-- admission, the same row); the rest, errors included, through
+-- lava._prompt_sql.
 CREATE FUNCTION lava.prompt(model text, prompt text, options jsonb DEFAULT '{}', spend_key text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'lava_prompt'

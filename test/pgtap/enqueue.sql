@@ -1,8 +1,9 @@
--- enqueue.sql: lava.prompt's C fast path (src/enqueue.c) against
+-- enqueue.sql: lava.prompt's C fast path (src/enqueue.c, src/direct.c) against
 -- lava._prompt_sql, the PL/pgSQL implementation it falls back to: the same
 -- rows and key counters for the same inputs, the fallback taken for each
 -- uncommon case (and so the same errors), and the limits held on the fast
--- path.  Which path ran is read from pg_stat_get_xact_function_calls: the
+-- path; the tables' shape checked before direct access, and every index
+-- kept.  Which path ran is read from pg_stat_get_xact_function_calls: the
 -- C code counts its calls of lava._prompt_sql like the executor would.
 BEGIN;
 SELECT plan(125);
