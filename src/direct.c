@@ -50,6 +50,7 @@
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
@@ -74,6 +75,15 @@ enum
 	R_ENDPOINT, R_METHOD, R_BODY, R_REQUEST_SHAPE, R_INPUT_PRICE,
 	R_OUTPUT_PRICE, R_RESERVATION, R_ADMITTED_AT, R_ATTEMPTS, R_CREATED_AT,
 	R_NEXT_ATTEMPT_AT, R_NCOLS
+};
+
+/* the columns of lava.request_store that recording an answer reads or writes */
+enum
+{
+	C_REQUEST_ID, C_STATUS, C_SPEND_KEY_ID, C_REQUEST_SHAPE, C_INPUT_PRICE,
+	C_OUTPUT_PRICE, C_RESERVATION, C_ADMITTED_AT, C_HTTP_STATUS, C_RESPONSE,
+	C_OUTPUT_TEXT, C_INPUT_TOKENS, C_OUTPUT_TOKENS, C_INPUT_COST,
+	C_OUTPUT_COST, C_COST, C_ERROR, C_COMPLETED_AT, C_NCOLS
 };
 
 /* the columns of lava.models and lava.providers that the route reads */
@@ -114,6 +124,17 @@ static const ColumnSpec RequestColumns[R_NCOLS] = {
 	{"created_at", TIMESTAMPTZOID}, {"next_attempt_at", TIMESTAMPTZOID}
 };
 
+static const ColumnSpec RecordColumns[C_NCOLS] = {
+	{"request_id", INT8OID}, {"status", TEXTOID}, {"spend_key_id", UUIDOID},
+	{"request_shape", TEXTOID}, {"input_price", NUMERICOID},
+	{"output_price", NUMERICOID}, {"reservation", NUMERICOID},
+	{"admitted_at", TIMESTAMPTZOID}, {"http_status", INT4OID},
+	{"response", JSONBOID}, {"output_text", TEXTOID}, {"input_tokens", INT8OID},
+	{"output_tokens", INT8OID}, {"input_cost", NUMERICOID},
+	{"output_cost", NUMERICOID}, {"cost", NUMERICOID}, {"error", TEXTOID},
+	{"completed_at", TIMESTAMPTZOID}
+};
+
 static const ColumnSpec ModelColumns[M_NCOLS] = {
 	{"provider", TEXTOID}, {"model", TEXTOID}, {"input_price_per_mtok", NUMERICOID},
 	{"output_price_per_mtok", NUMERICOID}, {"max_output_tokens", INT4OID}
@@ -132,12 +153,14 @@ typedef struct DirectCache
 	Oid			keys_digest_idx;
 	Oid			requests;
 	Oid			requests_seq;
+	Oid			requests_pkey;
 	Oid			models;
 	Oid			models_model_idx;
 	Oid			providers;
 	Oid			providers_name_idx;
 	AttrNumber	k[K_NCOLS];
 	AttrNumber	r[R_NCOLS];
+	AttrNumber	c[C_NCOLS];
 	AttrNumber	m[M_NCOLS];
 	AttrNumber	p[P_NCOLS];
 } DirectCache;
@@ -154,7 +177,8 @@ DirectInvalidate(Datum arg, Oid relid)
 	if (relid == InvalidOid || relid == Cache.keys || relid == Cache.requests ||
 		relid == Cache.models || relid == Cache.providers ||
 		relid == Cache.keys_digest_idx || relid == Cache.models_model_idx ||
-		relid == Cache.providers_name_idx || relid == Cache.requests_seq)
+		relid == Cache.providers_name_idx || relid == Cache.requests_seq ||
+		relid == Cache.requests_pkey)
 		Cache.valid = false;
 }
 
@@ -256,6 +280,7 @@ BuildCache(void)
 	Cache.keys_digest_idx = get_relname_relid("spend_key_store_key_digest_key", nsp);
 	Cache.models_model_idx = get_relname_relid("models_model_idx", nsp);
 	Cache.providers_name_idx = get_relname_relid("providers_pkey", nsp);
+	Cache.requests_pkey = get_relname_relid("request_store_pkey", nsp);
 
 	keys = OpenForCheck(Cache.keys);
 	requests = OpenForCheck(Cache.requests);
@@ -264,6 +289,10 @@ BuildCache(void)
 	ok = keys && requests && models && providers &&
 		FindColumns(keys, KeyColumns, K_NCOLS, Cache.k) &&
 		FindColumns(requests, RequestColumns, R_NCOLS, Cache.r) &&
+		FindColumns(requests, RecordColumns, C_NCOLS, Cache.c) &&
+		(requests->rd_att->constr == NULL ||
+		 (requests->rd_att->constr->num_check == 0 && !requests->rd_att->constr->has_generated_stored)) &&
+		IndexOnColumn(Cache.requests_pkey, Cache.requests, Cache.c[C_REQUEST_ID], true) &&
 		FindColumns(models, ModelColumns, M_NCOLS, Cache.m) &&
 		FindColumns(providers, ProviderColumns, P_NCOLS, Cache.p) &&
 		OtherColumnsNullable(requests, Cache.r, R_NCOLS) &&
@@ -809,4 +838,224 @@ LavaDirectQueue(const LavaQueueRow *row)
 	table_close(rel, NoLock);
 	CommandCounterIncrement();
 	return id;
+}
+
+/*
+ * The text of a usage member when it is a plain JSON integer of 1 to 15
+ * digits (what lava._tokens accepts), as an int64 in *out; false for
+ * anything else, which lava._complete judges.
+ */
+static bool
+UsageTokens(JsonbContainer *usage, const char *key, int64 *out)
+{
+	JsonbValue	v;
+	char	   *digits;
+	size_t		len;
+
+	if (getKeyJsonValueFromContainer(usage, key, strlen(key), &v) == NULL || v.type != jbvNumeric)
+		return false;
+	digits = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v.val.numeric)));
+	len = strlen(digits);
+	if (len < 1 || len > 15 || strspn(digits, "0123456789") != len)
+		return false;
+	*out = strtoll(digits, NULL, 10);
+	return true;
+}
+
+/*
+ * What "response #>> '{choices,0,message,content}'" gives for an OpenAI
+ * answer, when the answer has the usual shape: the content string, or NULL
+ * (*isnull) when the path ends early or at a JSON null.  False for any
+ * other shape, which lava._complete judges.
+ */
+static bool
+OpenAIContent(Jsonb *resp, Datum *text_out, bool *isnull)
+{
+	JsonbValue	v;
+	JsonbValue *elem;
+
+	*isnull = true;
+	if (getKeyJsonValueFromContainer(&resp->root, "choices", 7, &v) == NULL || v.type == jbvNull)
+		return true;
+	if (v.type != jbvBinary || !JsonContainerIsArray(v.val.binary.data))
+		return false;
+	elem = getIthJsonbValueFromContainer(v.val.binary.data, 0);
+	if (elem == NULL || elem->type == jbvNull)
+		return true;
+	if (elem->type != jbvBinary || !JsonContainerIsObject(elem->val.binary.data))
+		return false;
+	if (getKeyJsonValueFromContainer(elem->val.binary.data, "message", 7, &v) == NULL || v.type == jbvNull)
+		return true;
+	if (v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
+		return false;
+	if (getKeyJsonValueFromContainer(v.val.binary.data, "content", 7, &v) == NULL || v.type == jbvNull)
+		return true;
+	if (v.type != jbvString)
+		return false;
+	*text_out = PointerGetDatum(cstring_to_text_with_len(v.val.string.val, v.val.string.len));
+	*isnull = false;
+	return true;
+}
+
+/* trim_scale(tokens * COALESCE(price, 0) / 1000000), as lava._complete computes a cost. */
+static Datum
+TokenCost(int64 tokens, Datum price, bool price_null)
+{
+	Datum		p = price_null ? NumericGetDatum(int64_to_numeric(0)) : price;
+	Datum		c = DirectFunctionCall2(numeric_mul, NumericGetDatum(int64_to_numeric(tokens)), p);
+
+	c = DirectFunctionCall2(numeric_div, c, NumericGetDatum(int64_to_numeric(1000000)));
+	return DirectFunctionCall1(numeric_trim_scale, c);
+}
+
+/*
+ * lava._complete's common case, recorded directly: an OpenAI-shaped 2xx
+ * answer with integer usage for a request that is still 'running'.  The
+ * row becomes 'completed' with its exact cost, as lava._complete's UPDATE
+ * would make it.  For each request recorded, the settlement's inputs are
+ * appended to settle (key, admitted_at, reservation, charge, tokens).
+ * Returns false, having written nothing for this request, when the answer
+ * or the row is anything else.
+ */
+static bool
+RecordAnswer(Relation rel, Relation pkey, EState *estate, ResultRelInfo *rri,
+			 TupleTableSlot *slot, TupleTableSlot *newslot, Snapshot snap,
+			 int64 id, int32 status, text *body, TimestampTz now, LavaSettleRow *settle)
+{
+	const AttrNumber *c = Cache.c;
+	Jsonb	   *resp;
+	JsonbValue	usage;
+	int64		in_t,
+				out_t;
+	Datum		content = (Datum) 0;
+	bool		content_null;
+	ScanKeyData key;
+	IndexScanDesc scan;
+	bool		found;
+	ItemPointerData tid;
+	TM_FailureData tmfd;
+	Datum	   *v;
+	bool	   *n;
+	Datum		in_c,
+				out_c,
+				charge;
+	int			natts = RelationGetDescr(rel)->natts;
+
+	if (status < 200 || status > 299 || body == NULL)
+		return false;
+	resp = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text_to_cstring(body))));
+	if (!JB_ROOT_IS_OBJECT(resp) || JB_ROOT_IS_SCALAR(resp) ||
+		getKeyJsonValueFromContainer(&resp->root, "usage", 5, &usage) == NULL ||
+		usage.type != jbvBinary || !JsonContainerIsObject(usage.val.binary.data) ||
+		!UsageTokens(usage.val.binary.data, "prompt_tokens", &in_t) ||
+		!UsageTokens(usage.val.binary.data, "completion_tokens", &out_t) ||
+		!OpenAIContent(resp, &content, &content_null))
+		return false;
+
+	/* the request's row, still running and OpenAI-shaped, locked as it is */
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
+	scan = index_beginscan(rel, pkey, snap, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	index_endscan(scan);
+	if (!found)
+		return false;
+	tid = slot->tts_tid;
+	if (table_tuple_lock(rel, &tid, snap, slot, GetCurrentCommandId(true), LockTupleNoKeyExclusive,
+						 LockWaitBlock, 0, &tmfd) != TM_Ok)
+		return false;
+	slot_getallattrs(slot);
+	v = slot->tts_values;
+	n = slot->tts_isnull;
+	if (n[c[C_STATUS] - 1] || !VarlenaEqual(v[c[C_STATUS] - 1], CStringGetTextDatum("running")) ||
+		n[c[C_REQUEST_SHAPE] - 1] || !VarlenaEqual(v[c[C_REQUEST_SHAPE] - 1], CStringGetTextDatum("openai")) ||
+		n[c[C_SPEND_KEY_ID] - 1] || n[c[C_ADMITTED_AT] - 1] || n[c[C_RESERVATION] - 1])
+		return false;
+
+	in_c = TokenCost(in_t, v[c[C_INPUT_PRICE] - 1], n[c[C_INPUT_PRICE] - 1]);
+	out_c = TokenCost(out_t, v[c[C_OUTPUT_PRICE] - 1], n[c[C_OUTPUT_PRICE] - 1]);
+	charge = DirectFunctionCall2(numeric_add, in_c, out_c);
+
+	/* lava._complete's SET for a completed answer with usage */
+	ExecClearTuple(newslot);
+	memcpy(newslot->tts_values, v, sizeof(Datum) * natts);
+	memcpy(newslot->tts_isnull, n, sizeof(bool) * natts);
+#define SETC(col, value) (newslot->tts_values[c[col] - 1] = (value), newslot->tts_isnull[c[col] - 1] = false)
+	SETC(C_STATUS, CStringGetTextDatum("completed"));
+	SETC(C_HTTP_STATUS, Int32GetDatum(status));
+	SETC(C_RESPONSE, JsonbPGetDatum(resp));
+	SETC(C_OUTPUT_TEXT, content);
+	newslot->tts_isnull[c[C_OUTPUT_TEXT] - 1] = content_null;
+	SETC(C_INPUT_TOKENS, Int64GetDatum(in_t));
+	SETC(C_OUTPUT_TOKENS, Int64GetDatum(out_t));
+	SETC(C_INPUT_COST, in_c);
+	SETC(C_OUTPUT_COST, out_c);
+	SETC(C_COST, DirectFunctionCall1(numeric_trim_scale, charge));
+	SETC(C_COMPLETED_AT, TimestampTzGetDatum(now));
+	newslot->tts_isnull[c[C_ERROR] - 1] = true;
+#undef SETC
+	ExecStoreVirtualTuple(newslot);
+	ExecMaterializeSlot(newslot);
+	ExecSimpleRelationUpdate(rri, estate, NULL, slot, newslot);
+
+	settle->request_id = id;
+	settle->spend_key_id = datumCopy(v[c[C_SPEND_KEY_ID] - 1], false, UUID_LEN);
+	settle->admitted_at = DatumGetTimestampTz(v[c[C_ADMITTED_AT] - 1]);
+	settle->reservation = datumCopy(v[c[C_RESERVATION] - 1], false, -1);
+	settle->charge = charge;
+	settle->input_tokens = in_t;
+	settle->output_tokens = out_t;
+	ExecClearTuple(newslot);
+	return true;
+}
+
+/*
+ * Records what it can of a batch of finished calls directly (RecordAnswer)
+ * at now, under the active snapshot: done[i] says which.  Fills settle[]
+ * (one per request recorded) and returns how many; 0 when direct access is
+ * not possible, and lava._complete records them all.
+ */
+int
+LavaDirectRecord(int n, const int64 *ids, const int32 *statuses, text *const *bodies,
+				 const bool *has_error, TimestampTz now, bool *done, LavaSettleRow *settle)
+{
+	Snapshot	snap = GetActiveSnapshot();
+	Relation	rel,
+				pkey;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot,
+			   *newslot;
+	int			recorded = 0;
+	int			i;
+
+	memset(done, 0, sizeof(bool) * n);
+	rel = OpenDirect(&Cache.requests, RowExclusiveLock);
+	if (rel == NULL)
+		return 0;
+	pkey = index_open(Cache.requests_pkey, RowExclusiveLock);
+	estate = WriteState(rel, snap, &rri);
+	slot = table_slot_create(rel, NULL);
+	newslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
+	for (i = 0; i < n; i++)
+	{
+		if (has_error[i])
+			continue;
+		if (RecordAnswer(rel, pkey, estate, rri, slot, newslot, snap, ids[i], statuses[i], bodies[i],
+						 now, &settle[recorded]))
+		{
+			done[i] = true;
+			recorded++;
+		}
+		ExecClearTuple(slot);
+		ResetPerTupleExprContext(estate);
+	}
+	ExecDropSingleTupleTableSlot(newslot);
+	ExecDropSingleTupleTableSlot(slot);
+	EndWriteState(estate, rri);
+	index_close(pkey, NoLock);
+	table_close(rel, NoLock);
+	if (recorded > 0)
+		CommandCounterIncrement();
+	return recorded;
 }

@@ -96,6 +96,22 @@ extern bool LavaDirectAdmit(text *key, const LavaRoute *route, Datum reservation
 							Datum *key_id, TimestampTz *admitted_at);
 extern int64 LavaDirectQueue(const LavaQueueRow *row);
 
+/* a request recorded directly, as lava._settle_many takes it */
+typedef struct LavaSettleRow
+{
+	int64		request_id;
+	Datum		spend_key_id;	/* uuid */
+	TimestampTz admitted_at;
+	Datum		reservation;	/* numeric */
+	Datum		charge;			/* numeric */
+	int64		input_tokens;
+	int64		output_tokens;
+} LavaSettleRow;
+
+extern int	LavaDirectRecord(int n, const int64 *ids, const int32 *statuses,
+							 text *const *bodies, const bool *has_error, TimestampTz now,
+							 bool *done, LavaSettleRow *settle);
+
 /* the background worker (worker.c) */
 extern PGDLLEXPORT void LavaWorkerMain(Datum main_arg);
 

@@ -554,7 +554,7 @@ ClaimStep(void *arg)
 	}
 }
 
-/* The record step: lava._complete with one array per field. */
+/* The record step: lava._record (lava._complete's contract) with one array per field. */
 static void
 CompleteStep(void *arg)
 {
@@ -599,14 +599,14 @@ CompleteStep(void *arg)
 
 	LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&CompletePlan,
 												"SELECT completed, failed, requeued "
-												"FROM lava._complete($1::bigint[], $2::int[], $3::text[], "
+												"FROM lava._record($1::bigint[], $2::int[], $3::text[], "
 												"$4::text[], $5::float8[])", 5, argtypes),
 								  values, NULL, false, 0),
-				 SPI_OK_SELECT, "lava._complete");
+				 SPI_OK_SELECT, "lava._record");
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_CARDINALITY_VIOLATION),
-				 errmsg("lava._complete returned " UINT64_FORMAT " rows, the worker expects 1",
+				 errmsg("lava._record returned " UINT64_FORMAT " rows, the worker expects 1",
 						SPI_processed)));
 	w->completed = ResultInt(1);
 	w->failed = ResultInt(2);

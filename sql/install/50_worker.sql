@@ -424,6 +424,18 @@ $$;
 COMMENT ON FUNCTION lava._complete(bigint[], integer[], text[], text[], double precision[]) IS
 	'internal (worker): records finished calls: retry, complete with exact cost, or fail; settles in bulk';
 
+-- What the worker calls: lava._complete's contract, with its common case (an
+-- OpenAI-shaped 2xx with integer usage for a running request) written
+-- directly by C (src/record.c, src/direct.c) and settled through
+-- lava._settle_many; every other outcome goes to lava._complete.
+CREATE FUNCTION lava._record(ids bigint[], http_statuses integer[], bodies text[], errors text[],
+							 retry_afters double precision[],
+							 OUT completed integer, OUT failed integer, OUT requeued integer)
+AS 'MODULE_PATHNAME', 'lava_record'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION lava._record(bigint[], integer[], text[], text[], double precision[]) IS
+	'internal (worker): lava._complete with the common successful answer recorded directly';
+
 -- The crash rule, applied when a worker starts: a request still 'running'
 -- was in flight when the previous worker or the server died.  It was never
 -- settled, so it cannot have been charged.  It goes back to the queue if it
