@@ -1,16 +1,17 @@
 /*-------------------------------------------------------------------------
  *
  * direct.c
- *	  Direct table access for lava.prompt's fast path (enqueue.c): the route
- *	  of a model read through the indexes of lava.models and lava.providers,
- *	  the admission as a lock and update of the key's row in
- *	  lava.spend_key_store, and the queue row inserted into
- *	  lava.request_store.  No parser, planner or executor start per call:
- *	  the rows are found by index scans under a fresh snapshot and written
- *	  with the primitives logical replication applies changes with
- *	  (ExecSimpleRelationUpdate and ExecSimpleRelationInsert), which keep
- *	  the indexes, the NOT NULL constraints and the statistics as an UPDATE
- *	  or INSERT would.
+ *	  Direct table access for the two hot paths.  lava.prompt's fast path
+ *	  (enqueue.c): the route of a model read through the indexes of
+ *	  lava.models and lava.providers, the admission as a lock and update of
+ *	  the key's row in lava.spend_key_store, and the queue row inserted into
+ *	  lava.request_store.  The worker's recording (record.c): a common
+ *	  answer written into its request's row.  No parser, planner or
+ *	  executor start per row: the rows are found by index scans under a
+ *	  fresh snapshot and written with the primitives logical replication
+ *	  applies changes with (ExecSimpleRelationUpdate and
+ *	  ExecSimpleRelationInsert), which keep the indexes, the NOT NULL
+ *	  constraints and the statistics as an UPDATE or INSERT would.
  *
  *	  The admission follows what READ COMMITTED does for lava._admit's
  *	  UPDATE: the key's row is found under the snapshot, locked in its
@@ -18,14 +19,17 @@
  *	  and the conditions are checked on that newest version.  Under
  *	  REPEATABLE READ a concurrent update is a serialization failure, as for
  *	  the UPDATE.  So the limits hold under concurrency for the same reason
- *	  they hold on the SQL path: the key's row lock.
+ *	  they hold on the SQL path: the key's row lock.  A recorded answer's row
+ *	  is locked as the snapshot found it; a row changed meanwhile is left to
+ *	  lava._complete, which skips it as its UPDATE by ctid would.
  *
  *	  Every check here may only say "not on the fast path": a key that is
- *	  not admitted, a model with no or several routes, or tables whose shape
- *	  is not the one this file knows (a column added, a trigger, an index
- *	  missing) send the call to lava._prompt_sql before anything was
- *	  written, and it decides.  The shape is checked once per backend and
- *	  again after any invalidation of these relations.
+ *	  not admitted, a model with no or several routes, an answer of another
+ *	  shape, or tables whose shape is not the one this file knows (a column
+ *	  added, a trigger, an index missing) send the work to the SQL
+ *	  implementation (lava._prompt_sql, lava._complete) before anything of
+ *	  it was written, and it decides.  The shape is checked once per backend
+ *	  and again after any invalidation of these relations.
  *
  *-------------------------------------------------------------------------
  */
