@@ -6,7 +6,7 @@
 -- with integer usage).  Which path ran is read from
 -- pg_stat_get_xact_function_calls of lava._complete.
 BEGIN;
-SELECT plan(67);
+SELECT plan(70);
 SET LOCAL track_functions = 'all';
 
 INSERT INTO lava.providers (name, base_url, api_key, request_shape) VALUES
@@ -141,6 +141,27 @@ SELECT is((SELECT concat_ws(',', r.completed, r.failed, r.requeued)
 		  'a mixed batch: the same counts');
 SELECT is(pg_temp.row_of(ida), pg_temp.row_of(idb), 'a mixed batch, same row: ' || label) FROM batch ORDER BY label;
 SELECT is(pg_temp.key_of('a'), pg_temp.key_of('b'), 'a mixed batch: the same key counters and ledger');
+
+-- a trigger on lava.request_store, which direct access would not fire: all
+-- through lava._complete (and the trigger fires); direct again once dropped
+CREATE TEMP TABLE seen (request_id bigint);
+CREATE FUNCTION pg_temp.seen() RETURNS trigger LANGUAGE plpgsql AS
+	$$ BEGIN INSERT INTO pg_temp.seen VALUES (NEW.request_id); RETURN NEW; END $$;
+CREATE TRIGGER record_seen AFTER UPDATE ON lava.request_store FOR EACH ROW EXECUTE FUNCTION pg_temp.seen();
+CREATE FUNCTION pg_temp.record_one() RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+	id bigint := pg_temp.running('rec-gpt', 'a');
+	before bigint := pg_temp.completes();
+BEGIN
+	PERFORM lava._record(ARRAY[id], ARRAY[200],
+		ARRAY['{"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'], ARRAY[NULL::text], ARRAY[NULL::float8]);
+	RETURN pg_temp.completes() - before;
+END $$;
+DELETE FROM seen;
+SELECT is(pg_temp.record_one(), 1::bigint, 'a trigger on lava.request_store: recorded through lava._complete');
+SELECT ok((SELECT count(*) FROM seen) >= 1, 'a trigger on lava.request_store: it fired');
+DROP TRIGGER record_seen ON lava.request_store;
+SELECT is(pg_temp.record_one(), 0::bigint, 'the trigger dropped: recorded directly again');
 
 SELECT * FROM finish();
 ROLLBACK;
