@@ -336,8 +336,8 @@ LavaDirectUsable(void)
  * (mode RowExclusiveLock); NULL when direct access is not possible: the
  * relation is gone, its shape changed, row security is forced on its owner,
  * or it is to be written and has triggers or rules, which direct access
- * does not fire.  Invalidations that
- * arrive with the lock rebuild the cache first.
+ * does not fire.  Invalidations that arrive with the lock rebuild the cache
+ * first.
  */
 static Relation
 OpenDirect(const Oid *relid, LOCKMODE mode)
@@ -688,6 +688,11 @@ LavaDirectAdmit(text *key, const LavaRoute *route, Datum reservation, bool reser
 		slot_getallattrs(slot);
 		v = slot->tts_values;
 		null = slot->tts_isnull;
+		/* the counters of a NULL-free row only: the SQL path judges anything else */
+		if (null[k[K_ID] - 1] || null[k[K_PERIOD_REQUESTS] - 1] || null[k[K_PERIOD_SPEND] - 1] ||
+			null[k[K_RESERVED_SPEND] - 1] || null[k[K_TOTAL_REQUESTS] - 1] ||
+			null[k[K_REQUEST_PERIOD_START] - 1] || null[k[K_SPEND_PERIOD_START] - 1])
+			goto done;
 		rq_start = CycleStart(v[k[K_REQUEST_CYCLE] - 1], null[k[K_REQUEST_CYCLE] - 1], now, starts);
 		sp_start = CycleStart(v[k[K_SPEND_CYCLE] - 1], null[k[K_SPEND_CYCLE] - 1], now, starts);
 		rq_period = DatumGetTimestampTz(v[k[K_REQUEST_PERIOD_START] - 1]);
@@ -716,11 +721,6 @@ LavaDirectAdmit(text *key, const LavaRoute *route, Datum reservation, bool reser
 																					   v[k[K_RESERVED_SPEND] - 1]),
 																   reservation),
 											   v[k[K_SPEND_LIMIT] - 1]))));
-		/* the counters of a NULL-free row only: the SQL path judges anything else */
-		admitted = admitted && !null[k[K_ID] - 1] && !null[k[K_PERIOD_REQUESTS] - 1] &&
-			!null[k[K_PERIOD_SPEND] - 1] && !null[k[K_RESERVED_SPEND] - 1] &&
-			!null[k[K_TOTAL_REQUESTS] - 1] && !null[k[K_REQUEST_PERIOD_START] - 1] &&
-			!null[k[K_SPEND_PERIOD_START] - 1];
 
 		if (admitted)
 		{
@@ -773,6 +773,7 @@ LavaDirectAdmit(text *key, const LavaRoute *route, Datum reservation, bool reser
 		}
 	}
 
+done:
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(idx, NoLock);
 	table_close(rel, NoLock);

@@ -6,7 +6,7 @@
 -- kept.  Which path ran is read from pg_stat_get_xact_function_calls: the
 -- C code counts its calls of lava._prompt_sql like the executor would.
 BEGIN;
-SELECT plan(125);
+SELECT plan(126);
 SET LOCAL track_functions = 'all';
 
 INSERT INTO lava.providers (name, base_url, api_key, request_shape) VALUES
@@ -242,6 +242,13 @@ SELECT is(pg_temp.fell_back('free'), 1::bigint, 'a trigger on lava.request_store
 SELECT is((SELECT count(*) FROM tap_seen), 1::bigint, 'a trigger on lava.request_store: it fired');
 DROP TRIGGER tap_seen ON lava.request_store;
 SELECT is(pg_temp.fell_back('free'), 0::bigint, 'the trigger dropped: fast path again');
+-- a NULL counter (NOT NULL dropped): never read by the fast path, which falls back
+SAVEPOINT null_counter;
+ALTER TABLE lava.spend_key_store ALTER COLUMN period_spend DROP NOT NULL;
+UPDATE lava.spend_key_store SET period_spend = NULL WHERE spend_key_id = pg_temp.kid('free');
+SELECT pg_temp.fell_back('free') AS null_fell_back \gset
+ROLLBACK TO SAVEPOINT null_counter;
+SELECT is(:null_fell_back::bigint, 1::bigint, 'a NULL counter on the key: falls back');
 CREATE TRIGGER tap_seen_key BEFORE UPDATE ON lava.spend_key_store FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger();
 SELECT is(pg_temp.fell_back('free'), 1::bigint, 'a trigger on lava.spend_key_store: falls back');
 DROP TRIGGER tap_seen_key ON lava.spend_key_store;
