@@ -1021,8 +1021,8 @@ RecordAnswer(Relation rel, Relation pkey, EState *estate, ResultRelInfo *rri,
  * not possible, and lava._complete records them all.
  */
 int
-LavaDirectRecord(int n, const int64 *ids, const int32 *statuses, text *const *bodies,
-				 const bool *has_error, TimestampTz now, bool *done, LavaSettleRow *settle)
+LavaDirectRecord(const LavaOutcome *items, int n, TimestampTz now, bool *done,
+				 LavaSettleRow *settle)
 {
 	Snapshot	snap = GetActiveSnapshot();
 	Relation	rel,
@@ -1044,10 +1044,11 @@ LavaDirectRecord(int n, const int64 *ids, const int32 *statuses, text *const *bo
 	newslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
 	for (i = 0; i < n; i++)
 	{
-		if (has_error[i])
+		/* (an answer with an error text is lava._complete's) */
+		if (items[i].error != NULL)
 			continue;
-		if (RecordAnswer(rel, pkey, estate, rri, slot, newslot, snap, ids[i], statuses[i], bodies[i],
-						 now, &settle[recorded]))
+		if (RecordAnswer(rel, pkey, estate, rri, slot, newslot, snap, items[i].id,
+						 items[i].http_status, items[i].body, now, &settle[recorded]))
 		{
 			done[i] = true;
 			recorded++;

@@ -108,9 +108,22 @@ typedef struct LavaSettleRow
 	int64		output_tokens;
 } LavaSettleRow;
 
-extern int	LavaDirectRecord(int n, const int64 *ids, const int32 *statuses,
-							 text *const *bodies, const bool *has_error, TimestampTz now,
+/* the outcome of one upstream call, as the worker records it */
+typedef struct LavaOutcome
+{
+	int64		id;
+	int32		http_status;	/* 0 when no answer arrived */
+	text	   *body;			/* NULL when none */
+	char	   *error;			/* NULL when none */
+	double		retry_after;	/* seconds, < 0 when none */
+} LavaOutcome;
+
+extern int	LavaDirectRecord(const LavaOutcome *items, int n, TimestampTz now,
 							 bool *done, LavaSettleRow *settle);
+
+/* recording a batch of outcomes: directly, else through lava._complete (record.c) */
+extern void LavaRecordOutcomes(const LavaOutcome *items, int n, int64 *completed,
+							   int64 *failed, int64 *requeued);
 
 /* the background worker (worker.c) */
 extern PGDLLEXPORT void LavaWorkerMain(Datum main_arg);

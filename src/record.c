@@ -1,14 +1,15 @@
 /*-------------------------------------------------------------------------
  *
  * record.c
- *	  lava._record(): the worker's recording of a batch of finished calls.
- *	  The common answer (an OpenAI-shaped 2xx with integer usage for a
- *	  request still running) is written directly (LavaDirectRecord in
- *	  direct.c), then settled through lava._settle_many and notified, as
- *	  lava._complete does; every other outcome (retries, errors, garbage,
- *	  Anthropic answers, odd shapes) goes to lava._complete itself, in the
- *	  same transaction.  test/pgtap/record.sql compares the rows and the
- *	  keys' counters both ways.
+ *	  Recording a batch of finished calls: LavaRecordOutcomes, which the
+ *	  worker calls, and lava._record(), the same for SQL (the tests).  The
+ *	  common answer (an OpenAI-shaped 2xx with integer usage for a request
+ *	  still running) is written directly (LavaDirectRecord in direct.c),
+ *	  then settled through lava._settle_many and notified, as lava._complete
+ *	  does; every other outcome (retries, errors, garbage, Anthropic
+ *	  answers, odd shapes) goes to lava._complete itself, in the same
+ *	  transaction.  test/pgtap/record.sql compares the rows and the keys'
+ *	  counters both ways.
  *
  *-------------------------------------------------------------------------
  */
@@ -50,27 +51,6 @@ MakeArray(Datum *values, bool *nulls, int n, Oid elemtype)
 	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
 	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs, elemtype,
 											  typlen, typbyval, typalign));
-}
-
-/* The elements of a one-dimensional array argument (NULL array: none). */
-static int
-ArrayArg(FunctionCallInfo fcinfo, int arg, Oid elemtype, Datum **values, bool **nulls)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-	int			n;
-
-	if (PG_ARGISNULL(arg))
-	{
-		*values = NULL;
-		*nulls = NULL;
-		return 0;
-	}
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(arg), elemtype, typlen, typbyval, typalign,
-					  values, nulls, &n);
-	return n;
 }
 
 /* Settles, notifies and wakes for the requests recorded directly. */
@@ -127,71 +107,86 @@ SettleRecorded(const LavaSettleRow *rows, int n)
 	}
 }
 
-/*
- * lava._record(ids bigint[], http_statuses integer[], bodies text[],
- * errors text[], retry_afters double precision[], OUT completed integer,
- * OUT failed integer, OUT requeued integer): lava._complete's contract,
- * with its common case written directly.
- */
-Datum
-lava_record(PG_FUNCTION_ARGS)
+/* lava._complete for the outcomes not recorded directly; adds its counts. */
+static void
+CompleteRest(const LavaOutcome *items, int n, const bool *done, int64 *completed,
+			 int64 *failed, int64 *requeued)
 {
-	Datum	   *ids,
-			   *statuses,
-			   *bodies,
-			   *errors,
-			   *retries;
-	bool	   *id_nulls,
-			   *status_nulls,
-			   *body_nulls,
-			   *error_nulls,
-			   *retry_nulls;
-	int			n;
-	int64	   *id_v;
-	int32	   *status_v;
-	text	  **body_v;
-	bool	   *has_error;
-	bool	   *done;
-	LavaSettleRow *settle;
-	int			recorded = 0;
-	int			completed = 0,
-				failed = 0,
-				requeued = 0;
-	TupleDesc	desc;
-	Datum		result[3];
-	bool		result_nulls[3] = {false, false, false};
+	Oid			types[5] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID};
+	Datum		values[5];
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum	   *statuses = palloc(sizeof(Datum) * n);
+	Datum	   *bodies = palloc(sizeof(Datum) * n);
+	Datum	   *errors = palloc(sizeof(Datum) * n);
+	Datum	   *retries = palloc(sizeof(Datum) * n);
+	bool	   *body_nulls = palloc(sizeof(bool) * n);
+	bool	   *error_nulls = palloc(sizeof(bool) * n);
+	bool	   *retry_nulls = palloc(sizeof(bool) * n);
+	int			m = 0;
 	int			i;
 
-	n = ArrayArg(fcinfo, 0, INT8OID, &ids, &id_nulls);
-	if (ArrayArg(fcinfo, 1, INT4OID, &statuses, &status_nulls) != n ||
-		ArrayArg(fcinfo, 2, TEXTOID, &bodies, &body_nulls) != n ||
-		ArrayArg(fcinfo, 3, TEXTOID, &errors, &error_nulls) != n ||
-		ArrayArg(fcinfo, 4, FLOAT8OID, &retries, &retry_nulls) != n)
-		ereport(ERROR,
-				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("lava._record needs five arrays of the same length")));
-
-	id_v = palloc(sizeof(int64) * Max(n, 1));
-	status_v = palloc(sizeof(int32) * Max(n, 1));
-	body_v = palloc(sizeof(text *) * Max(n, 1));
-	has_error = palloc(sizeof(bool) * Max(n, 1));
-	done = palloc0(sizeof(bool) * Max(n, 1));
-	settle = palloc(sizeof(LavaSettleRow) * Max(n, 1));
 	for (i = 0; i < n; i++)
 	{
-		/* a NULL id or status: not the common case */
-		id_v[i] = id_nulls[i] ? 0 : DatumGetInt64(ids[i]);
-		status_v[i] = status_nulls[i] ? 0 : DatumGetInt32(statuses[i]);
-		body_v[i] = body_nulls[i] ? NULL : DatumGetTextPP(bodies[i]);
-		has_error[i] = !error_nulls[i] || id_nulls[i] || status_nulls[i];
-	}
+		const LavaOutcome *o = &items[i];
 
+		if (done[i])
+			continue;
+		ids[m] = Int64GetDatum(o->id);
+		statuses[m] = Int32GetDatum(o->http_status);
+		body_nulls[m] = o->body == NULL;
+		bodies[m] = PointerGetDatum(o->body);
+		error_nulls[m] = o->error == NULL;
+		errors[m] = o->error != NULL ? CStringGetTextDatum(o->error) : (Datum) 0;
+		retry_nulls[m] = o->retry_after < 0;
+		retries[m] = Float8GetDatum(o->retry_after);
+		m++;
+	}
+	values[0] = MakeArray(ids, NULL, m, INT8OID);
+	values[1] = MakeArray(statuses, NULL, m, INT4OID);
+	values[2] = MakeArray(bodies, body_nulls, m, TEXTOID);
+	values[3] = MakeArray(errors, error_nulls, m, TEXTOID);
+	values[4] = MakeArray(retries, retry_nulls, m, FLOAT8OID);
+	LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&CompletePlan,
+												"SELECT completed, failed, requeued "
+												"FROM lava._complete($1::bigint[], $2::int[], $3::text[], "
+												"$4::text[], $5::float8[])", 5, types),
+								  values, NULL, false, 0),
+				 SPI_OK_SELECT, "lava._complete");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_CARDINALITY_VIOLATION),
+				 errmsg("lava._complete returned " UINT64_FORMAT " rows, lava expects 1",
+						SPI_processed)));
+	{
+		bool		isnull;
+		HeapTuple	row = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		*completed += DatumGetInt32(SPI_getbinval(row, desc, 1, &isnull));
+		*failed += DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+		*requeued += DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
+	}
+}
+
+/*
+ * Records n outcomes in the current transaction: the common answers
+ * directly, then settled and notified; the rest through lava._complete.
+ * Sets how many completed, failed and went back to the queue.
+ */
+void
+LavaRecordOutcomes(const LavaOutcome *items, int n, int64 *completed, int64 *failed,
+				   int64 *requeued)
+{
+	bool	   *done = palloc0(sizeof(bool) * Max(n, 1));
+	LavaSettleRow *settle = palloc(sizeof(LavaSettleRow) * Max(n, 1));
+	int			recorded = 0;
+
+	*completed = *failed = *requeued = 0;
 	/* the common answers, directly (lava._complete reads its clock first too) */
 	if (n > 0 && !XactReadOnly && !IsInParallelMode() && LavaDirectUsable())
 	{
 		PushActiveSnapshot(GetTransactionSnapshot());
-		recorded = LavaDirectRecord(n, id_v, status_v, body_v, has_error, GetCurrentTimestamp(),
-									done, settle);
+		recorded = LavaDirectRecord(items, n, GetCurrentTimestamp(), done, settle);
 		PopActiveSnapshot();
 	}
 
@@ -199,60 +194,83 @@ lava_record(PG_FUNCTION_ARGS)
 	if (recorded > 0)
 	{
 		SettleRecorded(settle, recorded);
-		completed += recorded;
+		*completed += recorded;
 	}
-
-	/* the rest: lava._complete */
 	if (recorded < n)
-	{
-		Oid			types[5] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID};
-		Datum		values[5];
-		int			m = 0;
-
-		for (i = 0; i < n; i++)
-		{
-			if (done[i])
-				continue;
-			ids[m] = ids[i];
-			id_nulls[m] = id_nulls[i];
-			statuses[m] = statuses[i];
-			status_nulls[m] = status_nulls[i];
-			bodies[m] = bodies[i];
-			body_nulls[m] = body_nulls[i];
-			errors[m] = errors[i];
-			error_nulls[m] = error_nulls[i];
-			retries[m] = retries[i];
-			retry_nulls[m] = retry_nulls[i];
-			m++;
-		}
-		values[0] = MakeArray(ids, id_nulls, m, INT8OID);
-		values[1] = MakeArray(statuses, status_nulls, m, INT4OID);
-		values[2] = MakeArray(bodies, body_nulls, m, TEXTOID);
-		values[3] = MakeArray(errors, error_nulls, m, TEXTOID);
-		values[4] = MakeArray(retries, retry_nulls, m, FLOAT8OID);
-		LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&CompletePlan,
-													"SELECT completed, failed, requeued "
-													"FROM lava._complete($1::bigint[], $2::int[], $3::text[], "
-													"$4::text[], $5::float8[])", 5, types),
-									  values, NULL, false, 0),
-					 SPI_OK_SELECT, "lava._complete");
-		if (SPI_processed == 1)
-		{
-			bool		isnull;
-
-			completed += DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-			failed += DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-			requeued += DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
-		}
-	}
+		CompleteRest(items, n, done, completed, failed, requeued);
 	SPI_finish();
+}
+
+/*
+ * lava._record(ids bigint[], http_statuses integer[], bodies text[],
+ * errors text[], retry_afters double precision[], OUT completed integer,
+ * OUT failed integer, OUT requeued integer): lava._complete's contract,
+ * with its common case written directly (LavaRecordOutcomes).  A NULL id
+ * matches no request, as in lava._complete; a NULL status is 0 and a NULL
+ * retry_after none, as lava._complete reads them.
+ */
+Datum
+lava_record(PG_FUNCTION_ARGS)
+{
+	ArrayType  *arrays[5];
+	Oid			elemtypes[5] = {INT8OID, INT4OID, TEXTOID, TEXTOID, FLOAT8OID};
+	Datum	   *values[5];
+	bool	   *nulls[5];
+	int			counts[5];
+	LavaOutcome *items;
+	int			n = 0;
+	int64		completed,
+				failed,
+				requeued;
+	TupleDesc	desc;
+	Datum		result[3];
+	bool		result_nulls[3] = {false, false, false};
+	int			i;
+
+	for (i = 0; i < 5; i++)
+	{
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+
+		counts[i] = 0;
+		values[i] = NULL;
+		nulls[i] = NULL;
+		if (PG_ARGISNULL(i))
+			continue;
+		arrays[i] = PG_GETARG_ARRAYTYPE_P(i);
+		get_typlenbyvalalign(elemtypes[i], &typlen, &typbyval, &typalign);
+		deconstruct_array(arrays[i], elemtypes[i], typlen, typbyval, typalign,
+						  &values[i], &nulls[i], &counts[i]);
+	}
+	for (i = 1; i < 5; i++)
+		if (counts[i] != counts[0])
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("lava._record needs five arrays of the same length")));
+
+	items = palloc(sizeof(LavaOutcome) * Max(counts[0], 1));
+	for (i = 0; i < counts[0]; i++)
+	{
+		LavaOutcome *o = &items[n];
+
+		if (nulls[0][i])
+			continue;
+		o->id = DatumGetInt64(values[0][i]);
+		o->http_status = nulls[1][i] ? 0 : DatumGetInt32(values[1][i]);
+		o->body = nulls[2][i] ? NULL : DatumGetTextPP(values[2][i]);
+		o->error = nulls[3][i] ? NULL : TextDatumGetCString(values[3][i]);
+		o->retry_after = nulls[4][i] ? -1 : DatumGetFloat8(values[4][i]);
+		n++;
+	}
+	LavaRecordOutcomes(items, n, &completed, &failed, &requeued);
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("lava._record must return a composite")));
-	result[0] = Int32GetDatum(completed);
-	result[1] = Int32GetDatum(failed);
-	result[2] = Int32GetDatum(requeued);
+	result[0] = Int32GetDatum((int32) completed);
+	result[1] = Int32GetDatum((int32) failed);
+	result[2] = Int32GetDatum((int32) requeued);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), result, result_nulls)));
 }

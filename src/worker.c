@@ -9,7 +9,7 @@
  * watches the HTTP client's epoll fd (src/http.h).  Each turn:
  *
  *	  1. drives curl and takes every finished call;
- *	  2. records them in one short transaction: lava._complete(arrays);
+ *	  2. records them in one short transaction: lava._record (record.c);
  *	  3. while fewer than lava.max_concurrency calls are in flight, claims
  *		 more in one short transaction (lava._claim, lava._next_due) and,
  *		 after commit, hands them to curl;
@@ -92,16 +92,6 @@ typedef struct Claimed
 	int			timeout_ms;
 } Claimed;
 
-/* The outcome of one upstream call, waiting for lava._complete. */
-typedef struct Outcome
-{
-	int64		id;
-	int32		http_status;	/* 0 when no answer arrived */
-	text	   *body;			/* NULL when none */
-	char	   *error;			/* NULL when none */
-	double		retry_after;	/* seconds, < 0 when none */
-} Outcome;
-
 typedef enum StepResult
 {
 	STEP_DONE,					/* committed */
@@ -122,7 +112,7 @@ typedef struct ClaimWork
 
 typedef struct CompleteWork
 {
-	Outcome    *items;			/* in */
+	LavaOutcome *items;			/* in */
 	int			n;
 	int64		completed;		/* out */
 	int64		failed;
@@ -133,7 +123,7 @@ static LavaHttp *Http = NULL;
 static WaitEventSet *WaitSet = NULL;
 static MemoryContext LoopContext = NULL;	/* reset every turn */
 static MemoryContext OutcomeContext = NULL; /* reset once all are recorded */
-static Outcome *Outcomes = NULL;
+static LavaOutcome *Outcomes = NULL;
 static int	NumOutcomes = 0;
 static TimestampTz FirstOutcomeAt = 0;	/* when the oldest unrecorded one came */
 static int	MaxOutcomes = 0;
@@ -195,19 +185,19 @@ ResetOutcomes(void)
 	MaxOutcomes = 0;
 }
 
-/* Queues an outcome for lava._complete, copying body and error. */
+/* Queues an outcome for recording, copying body and error. */
 static void
 AddOutcome(int64 id, int32 http_status, const char *body, Size body_len,
 		   const char *error, double retry_after)
 {
 	MemoryContext old = MemoryContextSwitchTo(OutcomeContext);
-	Outcome    *o;
+	LavaOutcome *o;
 
 	if (NumOutcomes == MaxOutcomes)
 	{
 		MaxOutcomes = MaxOutcomes == 0 ? 64 : MaxOutcomes * 2;
-		Outcomes = Outcomes == NULL ? palloc(sizeof(Outcome) * MaxOutcomes) :
-			repalloc(Outcomes, sizeof(Outcome) * MaxOutcomes);
+		Outcomes = Outcomes == NULL ? palloc(sizeof(LavaOutcome) * MaxOutcomes) :
+			repalloc(Outcomes, sizeof(LavaOutcome) * MaxOutcomes);
 	}
 	if (NumOutcomes == 0)
 		FirstOutcomeAt = GetCurrentTimestamp();
@@ -489,7 +479,6 @@ CopyClaimed(HeapTuple tup, TupleDesc desc, Claimed *c)
 
 static SPIPlanPtr ClaimPlan = NULL;
 static SPIPlanPtr NextDuePlan = NULL;
-static SPIPlanPtr CompletePlan = NULL;
 
 /*
  * The claim step: lava._claim($1, the per-key cap, the keys near it and
@@ -554,63 +543,13 @@ ClaimStep(void *arg)
 	}
 }
 
-/* The record step: lava._record (lava._complete's contract) with one array per field. */
+/* The record step: the outcomes recorded (record.c), lava._complete's counts out. */
 static void
 CompleteStep(void *arg)
 {
 	CompleteWork *w = (CompleteWork *) arg;
-	Oid			argtypes[5] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID};
-	Datum		values[5];
-	Datum	   *ids = palloc(sizeof(Datum) * w->n);
-	Datum	   *statuses = palloc(sizeof(Datum) * w->n);
-	Datum	   *bodies = palloc(sizeof(Datum) * w->n);
-	Datum	   *errors = palloc(sizeof(Datum) * w->n);
-	Datum	   *retries = palloc(sizeof(Datum) * w->n);
-	bool	   *body_nulls = palloc(sizeof(bool) * w->n);
-	bool	   *error_nulls = palloc(sizeof(bool) * w->n);
-	bool	   *retry_nulls = palloc(sizeof(bool) * w->n);
-	int			dims[1] = {w->n};
-	int			lbs[1] = {1};
-	int			i;
 
-	for (i = 0; i < w->n; i++)
-	{
-		Outcome    *o = &w->items[i];
-
-		ids[i] = Int64GetDatum(o->id);
-		statuses[i] = Int32GetDatum(o->http_status);
-		body_nulls[i] = o->body == NULL;
-		bodies[i] = PointerGetDatum(o->body);
-		error_nulls[i] = o->error == NULL;
-		errors[i] = o->error != NULL ? CStringGetTextDatum(o->error) : (Datum) 0;
-		retry_nulls[i] = o->retry_after < 0;
-		retries[i] = Float8GetDatum(o->retry_after);
-	}
-	values[0] = PointerGetDatum(construct_md_array(ids, NULL, 1, dims, lbs, INT8OID,
-												   sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[1] = PointerGetDatum(construct_md_array(statuses, NULL, 1, dims, lbs, INT4OID,
-												   sizeof(int32), true, TYPALIGN_INT));
-	values[2] = PointerGetDatum(construct_md_array(bodies, body_nulls, 1, dims, lbs, TEXTOID,
-												   -1, false, TYPALIGN_INT));
-	values[3] = PointerGetDatum(construct_md_array(errors, error_nulls, 1, dims, lbs, TEXTOID,
-												   -1, false, TYPALIGN_INT));
-	values[4] = PointerGetDatum(construct_md_array(retries, retry_nulls, 1, dims, lbs, FLOAT8OID,
-												   sizeof(float8), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-
-	LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&CompletePlan,
-												"SELECT completed, failed, requeued "
-												"FROM lava._record($1::bigint[], $2::int[], $3::text[], "
-												"$4::text[], $5::float8[])", 5, argtypes),
-								  values, NULL, false, 0),
-				 SPI_OK_SELECT, "lava._record");
-	if (SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_CARDINALITY_VIOLATION),
-				 errmsg("lava._record returned " UINT64_FORMAT " rows, the worker expects 1",
-						SPI_processed)));
-	w->completed = ResultInt(1);
-	w->failed = ResultInt(2);
-	w->requeued = ResultInt(3);
+	LavaRecordOutcomes(w->items, w->n, &w->completed, &w->failed, &w->requeued);
 }
 
 /* The recovery step: lava._worker_recover(). */
@@ -672,7 +611,7 @@ AfterComplete(const CompleteWork *w)
 
 /* Records n outcomes in one transaction. */
 static StepResult
-CompleteBatch(Outcome *items, int n)
+CompleteBatch(LavaOutcome *items, int n)
 {
 	CompleteWork w;
 	StepResult	r;
@@ -693,7 +632,7 @@ CompleteBatch(Outcome *items, int n)
  * is dropped: those requests stay 'running' until the worker restarts.
  */
 static StepResult
-RecordBatch(Outcome *items, int n)
+RecordBatch(LavaOutcome *items, int n)
 {
 	StepResult	r = CompleteBatch(items, n);
 	int			i;
@@ -702,7 +641,7 @@ RecordBatch(Outcome *items, int n)
 		return r;
 	for (i = 0; i < n; i++)
 	{
-		Outcome		bare;
+		LavaOutcome bare;
 
 		if (n > 1)
 		{
@@ -745,7 +684,7 @@ RecordOutcomes(void)
 
 		while (start + n < NumOutcomes && n < BATCH_MAX)
 		{
-			Outcome    *o = &Outcomes[start + n];
+			LavaOutcome *o = &Outcomes[start + n];
 			Size		size = o->body != NULL ? VARSIZE(o->body) : 0;
 
 			if (n > 0 && bytes + size > BATCH_MAX_BYTES)

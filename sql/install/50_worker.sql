@@ -424,9 +424,10 @@ $$;
 COMMENT ON FUNCTION lava._complete(bigint[], integer[], text[], text[], double precision[]) IS
 	'internal (worker): records finished calls: retry, complete with exact cost, or fail; settles in bulk';
 
--- What the worker calls: lava._complete's contract, with its common case (an
--- OpenAI-shaped 2xx with integer usage for a running request) written
--- directly by C (src/record.c, src/direct.c) and settled through
+-- How the worker records (src/record.c, which the worker calls in C, and
+-- this is its SQL face, for the tests): lava._complete's contract, with its
+-- common case (an OpenAI-shaped 2xx with integer usage for a running
+-- request) written directly (src/direct.c) and settled through
 -- lava._settle_many; every other outcome goes to lava._complete.
 CREATE FUNCTION lava._record(ids bigint[], http_statuses integer[], bodies text[], errors text[],
 							 retry_afters double precision[],
