@@ -382,6 +382,16 @@ VarlenaEqual(Datum a, Datum b)
 		memcmp(VARDATA_ANY(x), VARDATA_ANY(y), VARSIZE_ANY_EXHDR(x)) == 0;
 }
 
+/* Whether a text datum holds exactly the characters of s. */
+bool
+LavaTextIs(Datum d, const char *s)
+{
+	text	   *t = DatumGetTextPP(d);
+	size_t		len = strlen(s);
+
+	return VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), s, len) == 0;
+}
+
 /*
  * The provider's request shape, copied, when the provider exists and is
  * enabled under snap; else (Datum) 0.
@@ -538,20 +548,13 @@ Allowed(Datum array, bool isnull, Datum value)
 int
 LavaCycleIndex(Datum cycle, bool isnull)
 {
-	text	   *t;
-	const char *c;
-	int			len;
-
 	if (isnull)
 		return 0;
-	t = DatumGetTextPP(cycle);
-	c = VARDATA_ANY(t);
-	len = VARSIZE_ANY_EXHDR(t);
-	if (len == 5 && memcmp(c, "daily", 5) == 0)
+	if (LavaTextIs(cycle, "daily"))
 		return 1;
-	if (len == 6 && memcmp(c, "weekly", 6) == 0)
+	if (LavaTextIs(cycle, "weekly"))
 		return 2;
-	if (len == 7 && memcmp(c, "monthly", 7) == 0)
+	if (LavaTextIs(cycle, "monthly"))
 		return 3;
 	return 0;
 }
@@ -707,7 +710,7 @@ LavaDirectAdmit(text *key, const LavaRoute *route, Datum reservation, bool reser
 			VarlenaEqual(v[k[K_DIGEST] - 1], PointerGetDatum(digest)) &&
 			null[k[K_REVOKED_AT] - 1] &&
 			!null[k[K_STATUS] - 1] &&
-			VarlenaEqual(v[k[K_STATUS] - 1], CStringGetTextDatum("active")) &&
+			LavaTextIs(v[k[K_STATUS] - 1], "active") &&
 			(null[k[K_EXPIRES_AT] - 1] || DatumGetTimestampTz(v[k[K_EXPIRES_AT] - 1]) > now) &&
 			Allowed(v[k[K_ALLOWED_PROVIDERS] - 1], null[k[K_ALLOWED_PROVIDERS] - 1], route->provider) &&
 			Allowed(v[k[K_ALLOWED_MODELS] - 1], null[k[K_ALLOWED_MODELS] - 1], route->model) &&
@@ -972,8 +975,8 @@ RecordAnswer(Relation rel, Relation pkey, EState *estate, ResultRelInfo *rri,
 	slot_getallattrs(slot);
 	v = slot->tts_values;
 	n = slot->tts_isnull;
-	if (n[c[C_STATUS] - 1] || !VarlenaEqual(v[c[C_STATUS] - 1], CStringGetTextDatum("running")) ||
-		n[c[C_REQUEST_SHAPE] - 1] || !VarlenaEqual(v[c[C_REQUEST_SHAPE] - 1], CStringGetTextDatum("openai")) ||
+	if (n[c[C_STATUS] - 1] || !LavaTextIs(v[c[C_STATUS] - 1], "running") ||
+		n[c[C_REQUEST_SHAPE] - 1] || !LavaTextIs(v[c[C_REQUEST_SHAPE] - 1], "openai") ||
 		n[c[C_SPEND_KEY_ID] - 1] || n[c[C_ADMITTED_AT] - 1] || n[c[C_RESERVATION] - 1])
 		return false;
 

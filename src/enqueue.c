@@ -271,7 +271,7 @@ lava_prompt(PG_FUNCTION_ARGS)
 		PopActiveSnapshot();
 		return Fallback(fcinfo);
 	}
-	anthropic = strcmp(TextDatumGetCString(route.shape), "anthropic") == 0;
+	anthropic = LavaTextIs(route.shape, "anthropic");
 
 	/* the cap: the option, else the model's; required when priced or anthropic */
 	if (!has_cap && !route.max_output_null)

@@ -89,6 +89,7 @@ typedef struct LavaQueueRow
 } LavaQueueRow;
 
 extern bool LavaDirectUsable(void);
+extern bool LavaTextIs(Datum d, const char *s);
 extern int	LavaCycleIndex(Datum cycle, bool isnull);
 extern int	LavaDirectRoute(text *model, LavaRoute *route);
 extern bool LavaDirectAdmit(text *key, const LavaRoute *route, Datum reservation,
