@@ -250,6 +250,15 @@ OtherColumnsNullable(Relation rel, const AttrNumber *set, int n)
 	return true;
 }
 
+/* True when rel has no CHECK constraint and no generated column to run on a write. */
+static bool
+NothingToRun(Relation rel)
+{
+	TupleConstr *constr = rel->rd_att->constr;
+
+	return constr == NULL || (constr->num_check == 0 && !constr->has_generated_stored);
+}
+
 /* Opens relid for the cache check; NULL when it is gone. */
 static Relation
 OpenForCheck(Oid relid)
@@ -294,15 +303,13 @@ BuildCache(void)
 		FindColumns(keys, KeyColumns, K_NCOLS, Cache.k) &&
 		FindColumns(requests, RequestColumns, R_NCOLS, Cache.r) &&
 		FindColumns(requests, RecordColumns, C_NCOLS, Cache.c) &&
-		(requests->rd_att->constr == NULL ||
-		 (requests->rd_att->constr->num_check == 0 && !requests->rd_att->constr->has_generated_stored)) &&
+		NothingToRun(requests) &&
 		IndexOnColumn(Cache.requests_pkey, Cache.requests, Cache.c[C_REQUEST_ID], true) &&
 		FindColumns(models, ModelColumns, M_NCOLS, Cache.m) &&
 		FindColumns(providers, ProviderColumns, P_NCOLS, Cache.p) &&
 		OtherColumnsNullable(requests, Cache.r, R_NCOLS) &&
 		keys->rd_rel->relkind == RELKIND_RELATION && requests->rd_rel->relkind == RELKIND_RELATION &&
-		(keys->rd_att->constr == NULL ||
-		 (keys->rd_att->constr->num_check == 0 && !keys->rd_att->constr->has_generated_stored)) &&
+		NothingToRun(keys) &&
 		IndexOnColumn(Cache.keys_digest_idx, Cache.keys, Cache.k[K_DIGEST], true) &&
 		IndexOnColumn(Cache.models_model_idx, Cache.models, Cache.m[M_MODEL], false) &&
 		IndexOnColumn(Cache.providers_name_idx, Cache.providers, Cache.p[P_NAME], true);

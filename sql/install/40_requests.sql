@@ -89,9 +89,9 @@ CREATE INDEX request_store_key_queue_idx ON lava.request_store (spend_key_id, ne
 CREATE INDEX request_store_finished_idx ON lava.request_store (completed_at)
 	WHERE status IN ('completed', 'error', 'cancelled');
 -- No statistics for the wide columns nobody filters on: ANALYZE of this
--- busy table (by autovacuum, at 5% of change)
--- then reads and sorts less.  Vacuumed sooner than the default 20%: the
--- queue leaves two dead row versions per request.
+-- busy table (by autovacuum, at 5% of change) then reads and sorts less.
+-- Vacuumed sooner than the default 20%: the queue leaves two dead row
+-- versions per request.
 ALTER TABLE lava.request_store
 	ALTER COLUMN body SET STATISTICS 0, ALTER COLUMN response SET STATISTICS 0,
 	ALTER COLUMN output_text SET STATISTICS 0, ALTER COLUMN error SET STATISTICS 0,
