@@ -44,9 +44,6 @@
 PG_FUNCTION_INFO_V1(lava_prompt);
 PG_FUNCTION_INFO_V1(lava_cycle_start);
 
-/* the C functions of session.c and state.c that this file calls */
-extern Datum lava_session_key(PG_FUNCTION_ARGS);
-extern Datum lava_wake_worker(PG_FUNCTION_ARGS);
 
 /* the largest output cap an option may ask for (lava._body_int) */
 #define LAVA_MAX_CAP 100000000
@@ -209,14 +206,9 @@ Fallback(FunctionCallInfo fcinfo)
 static text *
 CallKey(FunctionCallInfo fcinfo)
 {
-	LOCAL_FCINFO(call, 0);
-	Datum		key;
-
 	if (!PG_ARGISNULL(3))
 		return PG_GETARG_TEXT_PP(3);
-	InitFunctionCallInfoData(*call, NULL, 0, InvalidOid, NULL, NULL);
-	key = lava_session_key(call);
-	return call->isnull ? NULL : DatumGetTextPP(key);
+	return LavaSessionKey();
 }
 
 /*
@@ -315,11 +307,6 @@ lava_prompt(PG_FUNCTION_ARGS)
 	PopActiveSnapshot();
 
 	/* the worker wakes when this transaction commits */
-	{
-		LOCAL_FCINFO(call, 0);
-
-		InitFunctionCallInfoData(*call, NULL, 0, InvalidOid, NULL, NULL);
-		lava_wake_worker(call);
-	}
+	LavaWakeWorkerAtCommit();
 	PG_RETURN_INT64(request_id);
 }

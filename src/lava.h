@@ -44,6 +44,11 @@ extern void LavaStateAddCounts(int64 claimed, int64 completed, int64 failed);
 extern void LavaStateSetLastError(const char *message);
 extern bool LavaStateLeaveRequested(void);
 extern void LavaStateBumpGeneration(void);
+extern void LavaWakeWorkerAtCommit(void);
+extern void LavaWakeAwaitersAtCommit(void);
+
+/* the session's default key (session.c) */
+extern text *LavaSessionKey(void);
 
 /* the worker's calls in flight per key and the per-key cap (keyload.c) */
 extern void LavaKeyLoadReset(void);

@@ -32,9 +32,6 @@
 
 PG_FUNCTION_INFO_V1(lava_record);
 
-/* state.c: wakes lava.await callers when this transaction commits */
-extern Datum lava_wake_awaiters(PG_FUNCTION_ARGS);
-
 static SPIPlanPtr SettlePlan = NULL;
 static SPIPlanPtr CompletePlan = NULL;
 
@@ -99,12 +96,7 @@ SettleRecorded(const LavaSettleRow *rows, int n)
 				 rows[i].request_id);
 		Async_Notify("lava_requests", payload);
 	}
-	{
-		LOCAL_FCINFO(call, 0);
-
-		InitFunctionCallInfoData(*call, NULL, 0, InvalidOid, NULL, NULL);
-		lava_wake_awaiters(call);
-	}
+	LavaWakeAwaitersAtCommit();
 }
 
 /* lava._complete for the outcomes not recorded directly; adds its counts. */

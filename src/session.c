@@ -18,6 +18,8 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
+#include "lava.h"
+
 PG_FUNCTION_INFO_V1(lava_invoker);
 PG_FUNCTION_INFO_V1(lava_set_session_key);
 PG_FUNCTION_INFO_V1(lava_session_key);
@@ -84,9 +86,20 @@ lava_set_session_key(PG_FUNCTION_ARGS)
 Datum
 lava_session_key(PG_FUNCTION_ARGS)
 {
+	text	   *key = LavaSessionKey();
+
+	if (key == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(key);
+}
+
+/* This session's default key (the one set in this transaction first), or NULL. */
+text *
+LavaSessionKey(void)
+{
 	if (PendingKey != NULL)
-		PG_RETURN_TEXT_P(cstring_to_text(PendingKey));
+		return cstring_to_text(PendingKey);
 	if (SessionKey != NULL)
-		PG_RETURN_TEXT_P(cstring_to_text(SessionKey));
-	PG_RETURN_NULL();
+		return cstring_to_text(SessionKey);
+	return NULL;
 }

@@ -278,12 +278,19 @@ RegisterWakeCallback(void)
 Datum
 lava_wake_worker(PG_FUNCTION_ARGS)
 {
+	LavaWakeWorkerAtCommit();
+	PG_RETURN_VOID();
+}
+
+/* Wakes the worker when the current transaction commits (lava._wake_worker). */
+void
+LavaWakeWorkerAtCommit(void)
+{
 	/* a queue in another database is not the worker's: no wake-up for it */
 	if (State != NULL && OidIsValid(State->dboid) && State->dboid != MyDatabaseId)
-		PG_RETURN_VOID();
+		return;
 	RegisterWakeCallback();
 	WakeWorkerAtCommit = true;
-	PG_RETURN_VOID();
 }
 
 /*
@@ -294,9 +301,16 @@ lava_wake_worker(PG_FUNCTION_ARGS)
 Datum
 lava_wake_awaiters(PG_FUNCTION_ARGS)
 {
+	LavaWakeAwaitersAtCommit();
+	PG_RETURN_VOID();
+}
+
+/* Wakes lava.await callers when the current transaction commits (lava._wake_awaiters). */
+void
+LavaWakeAwaitersAtCommit(void)
+{
 	RegisterWakeCallback();
 	WakeAwaitersAtCommit = true;
-	PG_RETURN_VOID();
 }
 
 /* lava._worker_generation() returns bigint: the current generation. */
