@@ -1,9 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * plans.c
- *	  SPI helpers of the background worker (worker.c): statements prepared
- *	  once per process and kept, and the check of what SPI returned.
- *	  (lava.prompt's fast path uses no SPI: see direct.c.)
+ *	  SPI helpers of the background worker (worker.c, record.c): statements
+ *	  prepared once per process and kept, and the check of what SPI
+ *	  returned.  (lava.prompt's fast path uses no SPI: see direct.c.)
  *
  *-------------------------------------------------------------------------
  */
