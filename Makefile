@@ -5,7 +5,7 @@ EXTENSION = lava
 EXTVERSION = 0.1.0
 
 MODULE_big = lava
-OBJS = src/lava.o src/keys.o src/keyload.o src/ratelimit.o src/errors.o src/http.o src/session.o src/state.o src/worker.o src/enqueue.o src/direct.o src/record.o src/plans.o
+OBJS = src/lava.o src/keys.o src/keyload.o src/ratelimit.o src/errors.o src/http.o src/session.o src/state.o src/worker.o src/enqueue.o src/direct.o src/record.o src/plans.o src/outbox.o
 
 # The install script is assembled from the pieces in sql/install/, in order
 # (pgvector-style: the versioned script is built, upgrade scripts are kept).

@@ -29,6 +29,7 @@ int			lava_max_attempts = 3;
 int			lava_request_ttl_s = 7 * 24 * 3600;
 int			lava_max_rate_limited_keys = 10000;
 int			lava_max_key_concurrency = 0;
+bool		lava_recorder = true;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -43,6 +44,7 @@ LavaShmemRequest(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(LavaRateLimitShmemSize());
 	RequestAddinShmemSpace(LavaStateShmemSize());
+	RequestAddinShmemSpace(LavaOutboxShmemSize());
 	RequestNamedLWLockTranche(LAVA_LWLOCK_TRANCHE, LAVA_NUM_LWLOCKS);
 }
 
@@ -54,6 +56,7 @@ LavaShmemStartup(void)
 		prev_shmem_startup_hook();
 	LavaRateLimitShmemInit();
 	LavaStateShmemInit();
+	LavaOutboxShmemInit();
 }
 
 /* Registers the one static worker: it connects to lava.database. */
@@ -117,6 +120,12 @@ _PG_init(void)
 							"Number of keys with a rate_limit whose token buckets shared memory holds.",
 							NULL, &lava_max_rate_limited_keys, 10000, 16, 10000000,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("lava.recorder",
+							 "Whether a second process records the worker's results.",
+							 "With it the worker's claiming and sending and the recording of results run on two cores; without it the worker records them itself.",
+							 &lava_recorder, true,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("lava");
 

@@ -23,6 +23,7 @@ extern int	lava_max_attempts;
 extern int	lava_request_ttl_s;
 extern int	lava_max_rate_limited_keys;
 extern int	lava_max_key_concurrency;
+extern bool lava_recorder;
 
 /* rate limiting: token buckets in shared memory (ratelimit.c) */
 extern Size LavaRateLimitShmemSize(void);
@@ -42,8 +43,10 @@ extern void LavaStateWorkerStopped(void);
 extern void LavaStateSetInFlight(int64 in_flight);
 extern void LavaStateAddCounts(int64 claimed, int64 completed, int64 failed);
 extern void LavaStateSetLastError(const char *message);
-extern bool LavaStateLeaveRequested(void);
+extern bool LavaStateLeaveRequested(pid_t worker_pid);
 extern void LavaStateBumpGeneration(void);
+extern pid_t LavaStateWorkerPid(void);
+extern void LavaStateWakeWorker(void);
 extern void LavaWakeWorkerAtCommit(void);
 extern void LavaWakeAwaitersAtCommit(void);
 
@@ -131,8 +134,24 @@ extern int	LavaDirectRecord(const LavaOutcome *items, int n, TimestampTz now,
 extern void LavaRecordOutcomes(const LavaOutcome *items, int n, int64 *completed,
 							   int64 *failed, int64 *requeued);
 
-/* the background worker (worker.c) */
+/* the outbox from the worker to the recorder (outbox.c) */
+extern Size LavaOutboxShmemSize(void);
+extern void LavaOutboxShmemInit(void);
+extern bool LavaOutboxPush(const LavaOutcome *o, Oid ext);
+extern bool LavaOutboxEmpty(void);
+extern bool LavaOutboxBeginConsume(void);
+extern void LavaOutboxEndConsume(void);
+extern int	LavaOutboxPeek(int max_n, Size max_bytes, LavaOutcome **items, Oid *ext,
+						   uint64 **ends);
+extern void LavaOutboxAdvance(uint64 end);
+extern void LavaOutboxRecorderStarted(void);
+extern pid_t LavaOutboxRecorderPid(void);
+extern void LavaOutboxWakeRecorder(void);
+extern void LavaOutboxProcessExit(void);
+
+/* the background worker and its recorder (worker.c) */
 extern PGDLLEXPORT void LavaWorkerMain(Datum main_arg);
+extern PGDLLEXPORT void LavaRecorderMain(Datum main_arg);
 
 /* the lock tranche that lava requests at start-up */
 #define LAVA_LWLOCK_TRANCHE "lava"

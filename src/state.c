@@ -199,14 +199,14 @@ LavaStateSetLastError(const char *message)
 	LWLockRelease(StateLock);
 }
 
-/* True when a backend asked this worker to leave its database. */
+/* True when a backend asked the worker with this pid to leave its database. */
 bool
-LavaStateLeaveRequested(void)
+LavaStateLeaveRequested(pid_t worker_pid)
 {
 	bool		leave;
 
 	LWLockAcquire(StateLock, LW_SHARED);
-	leave = State->leave_pid == MyProcPid;
+	leave = State->leave_pid == worker_pid;
 	LWLockRelease(StateLock);
 	return leave;
 }
@@ -217,6 +217,18 @@ LavaStateBumpGeneration(void)
 {
 	pg_atomic_fetch_add_u64(&State->generation, 1);
 	ConditionVariableBroadcast(&State->generation_cv);
+}
+
+/* The connected worker's pid, 0 when none. */
+pid_t
+LavaStateWorkerPid(void)
+{
+	pid_t		pid;
+
+	LWLockAcquire(StateLock, LW_SHARED);
+	pid = State->pid;
+	LWLockRelease(StateLock);
+	return pid;
 }
 
 /* Sets the worker's latch, if a worker runs. */
@@ -230,6 +242,13 @@ WakeWorker(void)
 	LWLockRelease(StateLock);
 	if (procno >= 0)
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+/* Wakes the worker now (the recorder, after it requeued requests). */
+void
+LavaStateWakeWorker(void)
+{
+	WakeWorker();
 }
 
 /* Acts on the wake-up requests of a transaction once it has committed. */
@@ -473,6 +492,8 @@ AskWorkerToLeave(Node *parsetree, bool in_xact_block)
 	LWLockRelease(StateLock);
 	if (procno >= 0)
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+	/* the recorder leaves with it */
+	LavaOutboxWakeRecorder();
 }
 
 /* ProcessUtility hook: see AskWorkerToLeave. */

@@ -1,28 +1,39 @@
 /*-------------------------------------------------------------------------
  *
  * worker.c
- *	  lava's background worker: one process, connected to lava.database,
- *	  that takes queued requests to the upstream providers and records what
- *	  they answer.
+ *	  lava's background processes, both connected to lava.database: the
+ *	  worker, which takes queued requests to the upstream providers, and
+ *	  its recorder, which records what they answered.
  *
- * The loop follows worker_spi's skeleton, with a WaitEventSet that also
- * watches the HTTP client's epoll fd (src/http.h).  Each turn:
+ * The worker's loop follows worker_spi's skeleton, with a WaitEventSet that
+ * also watches the HTTP client's epoll fd (src/http.h).  Each turn:
  *
  *	  1. drives curl and takes every finished call;
- *	  2. records them in one short transaction: lava._record (record.c);
+ *	  2. hands the outcomes to the recorder through the outbox (outbox.c);
+ *		 without a recorder (lava.recorder off, or it stopped) it records
+ *		 them itself in one short transaction: LavaRecordOutcomes (record.c);
  *	  3. while fewer than lava.max_concurrency calls are in flight, claims
  *		 more in one short transaction (lava._claim, lava._next_due) and,
  *		 after commit, hands them to curl;
  *	  4. about once a minute purges old rows: lava._purge;
- *	  5. sleeps until its latch is set (an enqueue committed), a socket is
+ *	  5. starts the recorder if it is not running (see ManageRecorder);
+ *	  6. sleeps until its latch is set (an enqueue committed), a socket is
  *		 ready, curl's deadline, the next due request, or one second.
+ *
+ * The recorder is a dynamic background worker that lives no longer than
+ * the worker that started it.  It records the outbox's outcomes in batches
+ * on the second core, while the worker claims and sends; one process
+ * records at a time (the outbox's consumer), so that two never settle the
+ * same keys in different orders.  An outcome leaves the outbox only when
+ * the transaction that recorded it commits, so stopping the recorder loses
+ * nothing: the worker, or the next recorder, records what it left.
  *
  * No HTTP call is made, and nothing waits, inside a transaction; no
  * transaction or lock is held between steps, so DROP EXTENSION waits at
  * most for one short step.  When the extension is absent the worker calls
  * none of its functions and checks again every few seconds.  A request
  * left 'running' by a worker that died is settled by lava._worker_recover
- * when the next one starts.
+ * when the next one starts, once the outbox is empty.
  *
  * Request headers carry the providers' API keys: they are wiped once curl
  * has copied them, and neither they nor any body are ever logged.
@@ -75,6 +86,9 @@
 #define PURGE_INTERVAL_MS 60000
 #define MIN_DUE_WAIT_MS 100	/* "due now", yet _claim skipped it (locked) */
 #define DATABASE_POLL_MS 1000	/* waiting for lava.database to exist */
+#define RECORDER_RETRY_MS 1000	/* start a stopped recorder again after */
+#define RECORDER_NO_SLOT_MS 10000	/* ... or after no worker slot was free */
+#define OUTBOX_WAIT_MS 10		/* recovery waits for the outbox to empty */
 #define LINGER_MS 5				/* most a finished call waits for others to share
 								 * its transaction */
 
@@ -114,6 +128,9 @@ typedef struct CompleteWork
 {
 	LavaOutcome *items;			/* in */
 	int			n;
+	Oid			ext;			/* in: extension lava when they were claimed */
+	uint64		advance_to;		/* in: outbox tail to set at commit, 0: none */
+	int			dropped;		/* out: claimed under a dropped extension */
 	int64		completed;		/* out */
 	int64		failed;
 	int64		requeued;
@@ -134,6 +151,16 @@ static bool ClaimWanted = true;	/* due requests may be waiting */
 static TimestampTz NextClaimAt = 0; /* look at the queue by then anyway */
 static TimestampTz LastPurge = 0;
 static int64 ReportedInFlight = -1;
+static bool IsRecorder = false; /* this process is the recorder */
+static Oid	KnownExtOid = InvalidOid;	/* extension lava as the last step saw it */
+static Oid	StepExtOid = InvalidOid;	/* ... and as the current step sees it */
+static MemoryContext ConsumeContext = NULL; /* one outbox batch */
+static uint64 AdvanceAtCommit = 0;	/* outbox tail to set when the step commits */
+static bool OutboxCallbackRegistered = false;
+static BackgroundWorkerHandle *Recorder = NULL; /* the worker's recorder */
+static TimestampTz RecorderRetryAt = 0; /* start it again no sooner */
+
+static bool InBackoff(void);
 
 /* Frees the HTTP client and clears the shared state when the worker exits. */
 static void
@@ -144,7 +171,18 @@ WorkerExit(int code, Datum arg)
 		LavaHttpDestroy(Http);
 		Http = NULL;
 	}
+	/* the recorder would exit on seeing the worker gone; no need to wait */
+	if (Recorder != NULL)
+		TerminateBackgroundWorker(Recorder);
+	LavaOutboxProcessExit();
 	LavaStateWorkerStopped();
+}
+
+/* Clears the recorder's shared state when it exits. */
+static void
+RecorderExit(int code, Datum arg)
+{
+	LavaOutboxProcessExit();
 }
 
 /* Creates the HTTP client and the wait set: latch, postmaster death, curl. */
@@ -274,11 +312,13 @@ TakeResults(void)
 static void
 ExtensionGone(void)
 {
-	if (LavaHttpInFlight(Http) > 0 || NumOutcomes > 0)
+	int			in_flight = Http != NULL ? LavaHttpInFlight(Http) : 0;
+
+	if (in_flight > 0 || NumOutcomes > 0)
 		ereport(LOG,
 				(errmsg("lava worker dropped %d upstream calls because extension lava is gone",
-						LavaHttpInFlight(Http) + NumOutcomes)));
-	if (LavaHttpInFlight(Http) > 0)
+						in_flight + NumOutcomes)));
+	if (in_flight > 0)
 		RestartHttp();
 	ResetOutcomes();
 	NeedRecover = true;
@@ -288,20 +328,25 @@ ExtensionGone(void)
 }
 
 /*
- * True when extension lava exists.  It then holds a share lock on the
- * extension until commit, so that DROP EXTENSION cannot remove the
- * functions this step is about to call (it waits for the step instead).
+ * True when extension lava exists; StepExtOid is then its OID.  It holds a
+ * share lock on the extension until commit, so that DROP EXTENSION cannot
+ * remove the functions this step is about to call (it waits for the step
+ * instead).
  */
 static bool
 ExtensionReady(void)
 {
 	Oid			ext = get_extension_oid("lava", true);
 
+	StepExtOid = InvalidOid;
 	if (!OidIsValid(ext))
 		return false;
 	LockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock);
 	/* it may have been dropped while we waited for the lock */
-	return get_extension_oid("lava", true) == ext;
+	if (get_extension_oid("lava", true) != ext)
+		return false;
+	StepExtOid = ext;
+	return true;
 }
 
 /*
@@ -325,10 +370,19 @@ RunStep(const char *activity, StepFunction fn, void *arg)
 					 errmsg("lava worker could not connect to SPI")));
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, activity);
-		if (ExtensionReady())
-			fn(arg);
-		else
+		if (!ExtensionReady())
 			result = STEP_NO_EXTENSION;
+		else if (!IsRecorder && OidIsValid(KnownExtOid) && StepExtOid != KnownExtOid)
+		{
+			/* dropped and created again: what was claimed went with it */
+			KnownExtOid = StepExtOid;
+			result = STEP_NO_EXTENSION;
+		}
+		else
+		{
+			KnownExtOid = StepExtOid;
+			fn(arg);
+		}
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -543,13 +597,40 @@ ClaimStep(void *arg)
 	}
 }
 
-/* The record step: the outcomes recorded (record.c), lava._complete's counts out. */
+/* Moves the outbox's tail past a recorded batch once its transaction commits. */
+static void
+OutboxXactCallback(XactEvent event, void *arg)
+{
+	if (AdvanceAtCommit == 0)
+		return;
+	if (event == XACT_EVENT_COMMIT)
+		LavaOutboxAdvance(AdvanceAtCommit);
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+		AdvanceAtCommit = 0;
+}
+
+/*
+ * The record step: the outcomes recorded (record.c), lava._complete's counts
+ * out; those claimed under an extension since dropped are dropped.
+ */
 static void
 CompleteStep(void *arg)
 {
 	CompleteWork *w = (CompleteWork *) arg;
 
-	LavaRecordOutcomes(w->items, w->n, &w->completed, &w->failed, &w->requeued);
+	if (w->ext == StepExtOid)
+		LavaRecordOutcomes(w->items, w->n, &w->completed, &w->failed, &w->requeued);
+	else
+		w->dropped = w->n;
+	if (w->advance_to > 0)
+	{
+		if (!OutboxCallbackRegistered)
+		{
+			RegisterXactCallback(OutboxXactCallback, NULL);
+			OutboxCallbackRegistered = true;
+		}
+		AdvanceAtCommit = w->advance_to;
+	}
 }
 
 /* The recovery step: lava._worker_recover(). */
@@ -582,7 +663,17 @@ AfterComplete(const CompleteWork *w)
 	if (w->completed + w->failed > 0)
 		LavaStateBumpGeneration();
 	if (w->requeued > 0)
-		ClaimWanted = true;		/* for their next due time */
+	{
+		/* for their next due time */
+		if (IsRecorder)
+			LavaStateWakeWorker();
+		else
+			ClaimWanted = true;
+	}
+	if (w->dropped > 0)
+		ereport(LOG,
+				(errmsg("lava %s dropped %d results of requests claimed before extension lava was dropped",
+						IsRecorder ? "recorder" : "worker", w->dropped)));
 	if (w->failed > 0)
 	{
 		const char *error = NULL;
@@ -609,9 +700,12 @@ AfterComplete(const CompleteWork *w)
 	}
 }
 
-/* Records n outcomes in one transaction. */
+/*
+ * Records n outcomes in one transaction.  For outcomes taken from the
+ * outbox, end is where its tail goes when the transaction commits.
+ */
 static StepResult
-CompleteBatch(LavaOutcome *items, int n)
+CompleteBatch(LavaOutcome *items, int n, Oid ext, uint64 end)
 {
 	CompleteWork w;
 	StepResult	r;
@@ -619,22 +713,27 @@ CompleteBatch(LavaOutcome *items, int n)
 	memset(&w, 0, sizeof(w));
 	w.items = items;
 	w.n = n;
-	r = RunStep("lava worker: recording results", CompleteStep, &w);
+	w.ext = ext;
+	w.advance_to = end;
+	r = RunStep(IsRecorder ? "lava recorder: recording results" : "lava worker: recording results",
+				CompleteStep, &w);
 	if (r == STEP_DONE)
 		AfterComplete(&w);
 	return r;
 }
 
 /*
- * Records a batch.  When the batch fails, each outcome is tried alone, so
- * that one the SQL side cannot take does not lose the others; one that
- * still fails is recorded as a bare error.  If even that fails, the rest
- * is dropped: those requests stay 'running' until the worker restarts.
+ * Records a batch of outcomes of requests claimed under extension ext (for
+ * outcomes from the outbox, ends[i] is the outbox position past item i).
+ * When the batch fails, each outcome is tried alone, so that one the SQL
+ * side cannot take does not lose the others; one that still fails is
+ * recorded as a bare error.  If even that fails, the rest is dropped: those
+ * requests stay 'running' until the worker restarts.
  */
 static StepResult
-RecordBatch(LavaOutcome *items, int n)
+RecordBatch(LavaOutcome *items, int n, Oid ext, const uint64 *ends)
 {
-	StepResult	r = CompleteBatch(items, n);
+	StepResult	r = CompleteBatch(items, n, ext, ends != NULL ? ends[n - 1] : 0);
 	int			i;
 
 	if (r != STEP_FAILED)
@@ -645,7 +744,7 @@ RecordBatch(LavaOutcome *items, int n)
 
 		if (n > 1)
 		{
-			r = CompleteBatch(&items[i], 1);
+			r = CompleteBatch(&items[i], 1, ext, ends != NULL ? ends[i] : 0);
 			if (r == STEP_NO_EXTENSION)
 				return r;
 			if (r == STEP_DONE)
@@ -656,11 +755,13 @@ RecordBatch(LavaOutcome *items, int n)
 		bare.body = NULL;
 		bare.error = "lava could not record the upstream answer";
 		bare.retry_after = -1;
-		r = CompleteBatch(&bare, 1);
+		r = CompleteBatch(&bare, 1, ext, ends != NULL ? ends[i] : 0);
 		if (r == STEP_NO_EXTENSION)
 			return r;
 		if (r == STEP_FAILED)
 		{
+			if (ends != NULL)
+				LavaOutboxAdvance(ends[n - 1]);
 			ereport(WARNING,
 					(errcode(ERRCODE_INTERNAL_ERROR),
 					 errmsg("lava worker dropped %d results it could not record", n - i),
@@ -671,12 +772,19 @@ RecordBatch(LavaOutcome *items, int n)
 	return STEP_DONE;
 }
 
-/* Records every outcome taken so far, in batches of BATCH_MAX / BATCH_MAX_BYTES. */
+/*
+ * Records every outcome taken so far, in batches of BATCH_MAX /
+ * BATCH_MAX_BYTES, as the outbox's consumer: one process records at a time,
+ * so that two never settle the same keys in different orders.  When the
+ * recorder is the consumer, the outcomes wait for room in the outbox.
+ */
 static void
 RecordOutcomes(void)
 {
 	int			start = 0;
 
+	if (!LavaOutboxBeginConsume())
+		return;
 	while (start < NumOutcomes)
 	{
 		int			n = 0;
@@ -692,18 +800,145 @@ RecordOutcomes(void)
 			bytes += size;
 			n++;
 		}
-		if (RecordBatch(&Outcomes[start], n) == STEP_NO_EXTENSION)
-			return;				/* ExtensionGone dropped them all */
+		if (RecordBatch(&Outcomes[start], n, KnownExtOid, NULL) == STEP_NO_EXTENSION)
+			break;				/* ExtensionGone dropped them all */
 		start += n;
 	}
 	ResetOutcomes();
+	LavaOutboxEndConsume();
+	if (!LavaOutboxEmpty())
+		LavaOutboxWakeRecorder();
 }
 
-/* Settles what a previous worker left 'running'; nothing is in flight yet. */
+/* True when a recorder runs to take the outcomes. */
+static bool
+RecorderReady(void)
+{
+	return lava_recorder && LavaOutboxRecorderPid() != 0;
+}
+
+/* Hands the outcomes taken so far to the recorder, as many as the outbox takes. */
+static void
+HandOff(void)
+{
+	int			i = 0;
+
+	while (i < NumOutcomes && LavaOutboxPush(&Outcomes[i], KnownExtOid))
+		i++;
+	if (i == 0)
+		return;
+	LavaOutboxWakeRecorder();
+	if (i == NumOutcomes)
+		ResetOutcomes();
+	else
+	{
+		/* the rest wait for room, or for the worker to record them */
+		memmove(Outcomes, Outcomes + i, sizeof(LavaOutcome) * (NumOutcomes - i));
+		NumOutcomes -= i;
+	}
+}
+
+/*
+ * Records the outcomes in the outbox, batch by batch, unless another
+ * process is its consumer: the recorder, or the worker while none runs.
+ */
+static void
+ConsumeOutbox(void)
+{
+	if (!LavaOutboxBeginConsume())
+		return;
+	while (!InBackoff())
+	{
+		LavaOutcome *items;
+		uint64	   *ends;
+		Oid			ext;
+		int			n;
+		StepResult	r;
+
+		MemoryContextSwitchTo(ConsumeContext);
+		n = LavaOutboxPeek(BATCH_MAX, BATCH_MAX_BYTES, &items, &ext, &ends);
+		MemoryContextSwitchTo(LoopContext);
+		if (n == 0)
+			break;
+		r = RecordBatch(items, n, ext, ends);
+		if (r == STEP_NO_EXTENSION)
+			LavaOutboxAdvance(ends[n - 1]); /* their requests went with it */
+		MemoryContextReset(ConsumeContext);
+		if (r != STEP_DONE)
+			break;
+	}
+	LavaOutboxEndConsume();
+}
+
+/*
+ * Starts the recorder (a dynamic background worker that lives no longer
+ * than this worker) when lava.recorder is on and the start-up recovery is
+ * done, starts it again a second after it stopped, and stops it when
+ * lava.recorder is turned off.
+ */
+static void
+ManageRecorder(void)
+{
+	BackgroundWorker bgw;
+	MemoryContext old;
+	pid_t		pid;
+
+	if (Recorder != NULL)
+	{
+		BgwHandleStatus st = GetBackgroundWorkerPid(Recorder, &pid);
+
+		if (st == BGWH_STOPPED || st == BGWH_POSTMASTER_DIED)
+		{
+			pfree(Recorder);
+			Recorder = NULL;
+			RecorderRetryAt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RECORDER_RETRY_MS);
+		}
+		else if (!lava_recorder)
+			TerminateBackgroundWorker(Recorder);
+		return;
+	}
+	if (!lava_recorder || NeedRecover || !ExtensionPresent || GetCurrentTimestamp() < RecorderRetryAt)
+		return;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "lava");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "LavaRecorderMain");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "lava recorder");
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "lava recorder");
+	bgw.bgw_main_arg = Int32GetDatum(MyProcPid);
+	memcpy(bgw.bgw_extra, &MyDatabaseId, sizeof(Oid));
+	bgw.bgw_notify_pid = MyProcPid;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	if (!RegisterDynamicBackgroundWorker(&bgw, &Recorder))
+	{
+		Recorder = NULL;
+		RecorderRetryAt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RECORDER_NO_SLOT_MS);
+		ereport(LOG,
+				(errmsg("lava worker could not start its recorder and records results itself"),
+				 errhint("Raise max_worker_processes: lava needs two background worker slots.")));
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Settles what a previous worker left 'running'; nothing is in flight yet.
+ * Outcomes still in the outbox are recorded first: their requests are
+ * among those rows.
+ */
 static void
 Recover(void)
 {
 	int64		n = 0;
+
+	if (!LavaOutboxEmpty())
+	{
+		NextClaimAt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), OUTBOX_WAIT_MS);
+		ClaimWanted = false;
+		return;
+	}
 
 	if (RunStep("lava worker: recovering", RecoverStep, &n) != STEP_DONE)
 		return;
@@ -897,7 +1132,8 @@ NextTimeout(void)
 		return Min(timeout, Max(1, TimestampDifferenceMilliseconds(now, BackoffUntil)));
 	if (NumOutcomes > 0)
 	{
-		if (OutcomesReady())
+		/* (with a recorder, they wait for room in the outbox) */
+		if (OutcomesReady() && !RecorderReady())
 			return 0;
 		timeout = Min(timeout, LINGER_MS);
 	}
@@ -948,6 +1184,8 @@ LavaWorkerMain(Datum main_arg)
 										ALLOCSET_DEFAULT_SIZES);
 	OutcomeContext = AllocSetContextCreate(TopMemoryContext, "lava worker results",
 										   ALLOCSET_DEFAULT_SIZES);
+	ConsumeContext = AllocSetContextCreate(TopMemoryContext, "lava worker outbox batch",
+										   ALLOCSET_DEFAULT_SIZES);
 	StartHttp();
 	LastPurge = GetCurrentTimestamp();
 	ereport(LOG,
@@ -966,7 +1204,7 @@ LavaWorkerMain(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 			LavaHttpSetMaxConnections(Http, lava_max_concurrency);
 		}
-		if (LavaStateLeaveRequested())
+		if (LavaStateLeaveRequested(MyProcPid))
 		{
 			ereport(LOG,
 					(errmsg("lava worker is leaving database \"%s\" for a command that needs it alone",
@@ -977,8 +1215,12 @@ LavaWorkerMain(Datum main_arg)
 		LavaHttpDrive(Http);
 		TakeResults();
 
+		if (NumOutcomes > 0 && RecorderReady())
+			HandOff();
 		if (OutcomesReady() && !InBackoff())
 			RecordOutcomes();
+		if (!RecorderReady() && !InBackoff() && !LavaOutboxEmpty())
+			ConsumeOutbox();	/* what a recorder that stopped left */
 		if ((ClaimWanted || GetCurrentTimestamp() >= NextClaimAt) && !InBackoff())
 		{
 			if (NeedRecover)
@@ -989,6 +1231,7 @@ LavaWorkerMain(Datum main_arg)
 		if (ExtensionPresent && !InBackoff() &&
 			TimestampDifferenceExceeds(LastPurge, GetCurrentTimestamp(), PURGE_INTERVAL_MS))
 			Purge();
+		ManageRecorder();
 
 		in_flight = LavaHttpInFlight(Http);
 		if (in_flight != ReportedInFlight)
@@ -998,5 +1241,65 @@ LavaWorkerMain(Datum main_arg)
 		}
 
 		WaitForWork(NextTimeout());
+	}
+}
+
+/*
+ * The recorder's entry point (bgw_function_name): started by the worker
+ * whose pid is main_arg, connected to its database (in bgw_extra), it
+ * records the outcomes the worker puts in the outbox, on the other core.
+ * It exits when that worker is gone or asked to leave, or when
+ * lava.recorder is turned off; whatever it has not recorded stays in the
+ * outbox for the worker.
+ */
+void
+LavaRecorderMain(Datum main_arg)
+{
+	pid_t		worker_pid = DatumGetInt32(main_arg);
+	Oid			dboid;
+
+	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	IsRecorder = true;
+	before_shmem_exit(RecorderExit, (Datum) 0);
+	LoopContext = AllocSetContextCreate(TopMemoryContext, "lava recorder loop",
+										ALLOCSET_DEFAULT_SIZES);
+	OutcomeContext = AllocSetContextCreate(TopMemoryContext, "lava recorder results",
+										   ALLOCSET_DEFAULT_SIZES);
+	ConsumeContext = AllocSetContextCreate(TopMemoryContext, "lava recorder outbox batch",
+										   ALLOCSET_DEFAULT_SIZES);
+	LavaOutboxRecorderStarted();
+	/* (named once the worker can hand it outcomes) */
+	pgstat_report_appname("lava recorder");
+
+	for (;;)
+	{
+		long		timeout = IDLE_WAIT_MS;
+		TimestampTz now;
+
+		MemoryContextReset(LoopContext);
+		MemoryContextSwitchTo(LoopContext);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (!lava_recorder || LavaStateWorkerPid() != worker_pid ||
+			LavaStateLeaveRequested(worker_pid))
+			proc_exit(0);
+
+		ResetLatch(MyLatch);
+		if (!InBackoff())
+			ConsumeOutbox();
+
+		now = GetCurrentTimestamp();
+		if (BackoffUntil > now)
+			timeout = Max(1, TimestampDifferenceMilliseconds(now, BackoffUntil));
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 timeout, PG_WAIT_EXTENSION);
 	}
 }

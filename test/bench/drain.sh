@@ -10,8 +10,10 @@
 # (DRAIN_CONCURRENCY = lava.max_concurrency, 256: its default).  Then the
 # same again at DRAIN_LOW_CONCURRENCY = 64, for information: each claim and
 # each recording transaction has a fixed cost, which smaller batches pay
-# more often (0 skips it).  The worker's memory is sampled during the first
-# drain (the "memory" row).
+# more often (0 skips it).  Then, unless DRAIN_NO_RECORDER=0, the first
+# drain again with lava.recorder off, for information: the worker records
+# the results itself, on the same core as its claims and calls.  The
+# worker's memory is sampled during the first drain (the "memory" row).
 . "$(dirname "$0")/lib.sh"
 
 N=${DRAIN_N:-20000}
@@ -36,15 +38,18 @@ idle_rss=$(rss_now)
 # all completed, checks them, and runs wrk at the same concurrency; sets
 # RATE (lava) and UP (wrk).
 drain_at() {
-	local conc=$1 before t0 t_client t_last done_ok others secs wpid cpu0 cpu1 wcpu queued body wrk_out
+	local conc=$1 before t0 t_client t_last done_ok others secs wpid cpu0 cpu1 wcpu queued body wrk_out rpid rcpu0 rcpu1 rcpu
 	before=$(q "SELECT count(*) FROM lava.request_store")
 	wpid=$(worker_pid)
+	rpid=$(recorder_pid)
 	cpu0=$(cpu_ticks "$wpid")
+	rcpu0=$([ -n "$rpid" ] && cpu_ticks "$rpid" || echo 0)
 	t0=$(enqueue_committed "$N" hello) || exit 1
 	queued=$(q "SELECT count(*) FROM lava.request_store WHERE status IN ('queued', 'running')")
 	wait_drained "${DRAIN_TIMEOUT:-600}" || die "the queue did not drain"
 	t_client=$(now_s)
 	cpu1=$(cpu_ticks "$wpid")
+	rcpu1=$([ -n "$rpid" ] && cpu_ticks "$rpid" || echo 0)
 
 	read -r t_last done_ok others < <(q "SELECT extract(epoch FROM max(completed_at)),
 		count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status <> 'completed')
@@ -62,6 +67,14 @@ drain_at() {
 	wcpu=$(calc "($cpu1 - $cpu0) / $(getconf CLK_TCK)")
 	echo "  worker CPU: $(printf %.2f "$wcpu") s user+system over $(printf %.2f "$(calc "$t_client - $t0")") s wall:" \
 		"$(printf %.0f "$(calc "$wcpu * 1000000 / $N")") us per request"
+	# the recorder (lava.recorder) records the results on the other core
+	if [ -n "$rpid" ]; then
+		rcpu=$(calc "($rcpu1 - $rcpu0) / $(getconf CLK_TCK)")
+		echo "  recorder CPU: $(printf %.2f "$rcpu") s: $(printf %.0f "$(calc "$rcpu * 1000000 / $N")") us per request;" \
+			"recorder memory $(rss_of "$rpid") MB (RssAnon + RssFile)"
+	else
+		echo "  no recorder ran (lava.recorder is off): the worker recorded the results"
+	fi
 
 	# the upstream alone, same concurrency, same body and headers
 	body=$(q "SELECT body::text FROM lava.request_store ORDER BY request_id DESC LIMIT 1")
@@ -91,5 +104,18 @@ if [ "$LOW" -gt 0 ] && [ "$LOW" != "$CONC" ]; then
 	sleep 1
 	drain_at "$LOW"
 	record "drain: requests/s ($N queued, nginx, conc $LOW)" "$(printf '%.0f' "$RATE")" "$(printf '%.0f' "$UP")" \
+		"$(calc "$RATE / $UP")" "(report)" "-"
+fi
+
+if [ "${DRAIN_NO_RECORDER:-1}" != 0 ]; then
+	{ q "ALTER SYSTEM SET lava.max_concurrency = $CONC" postgres && q "ALTER SYSTEM SET lava.recorder = off" postgres &&
+		q "SELECT pg_reload_conf()" postgres; } >/dev/null || die "could not set lava.recorder"
+	for i in $(seq 1 100); do
+		[ -z "$(recorder_pid)" ] && break
+		sleep 0.1
+	done
+	[ -z "$(recorder_pid)" ] || die "the recorder did not stop"
+	drain_at "$CONC"
+	record "drain: requests/s (conc $CONC, lava.recorder off)" "$(printf '%.0f' "$RATE")" "$(printf '%.0f' "$UP")" \
 		"$(calc "$RATE / $UP")" "(report)" "-"
 fi

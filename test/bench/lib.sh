@@ -168,6 +168,12 @@ wait_worker() {
 # worker_pid: the pid of the lava worker.
 worker_pid() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lava worker'" postgres; }
 
+# recorder_pid: the pid of the lava recorder (empty when none runs).
+recorder_pid() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lava recorder'" postgres; }
+
+# rss_of PID: a process's own memory now (RssAnon + RssFile), in MB.
+rss_of() { awk '/^RssAnon:/ { a = $2 } /^RssFile:/ { f = $2 } END { printf "%.1f", (a + f) / 1024 }' /proc/"$1"/status; }
+
 # cpu_ticks PID: the process's user + system CPU time so far, in clock ticks
 cpu_ticks() { awk '{ print $14 + $15 }' /proc/"$1"/stat; }
 
@@ -343,9 +349,7 @@ rss_sampler_start() {
 rss_max() { awk 'BEGIN { m = 0 } { v = '"${2:-\$3 + \$4}"' } v > m { m = v } END { printf "%.1f", m / 1024 }' "$1"; }
 
 # rss_now: the worker's own memory now (RssAnon + RssFile), in MB.
-rss_now() {
-	awk '/^RssAnon:/ { a = $2 } /^RssFile:/ { f = $2 } END { printf "%.1f", (a + f) / 1024 }' /proc/"$(worker_pid)"/status
-}
+rss_now() { rss_of "$(worker_pid)"; }
 
 # rss_report FILE WHAT IDLE_MB: the memory row of the table, and the details.
 rss_report() {

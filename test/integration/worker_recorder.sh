@@ -1,0 +1,118 @@
+# worker_recorder.sh: the recorder process records what the worker's calls
+# answered, and nothing is lost when it stops, is terminated, is turned
+# off or is killed:
+#   - with the recorder stopped (SIGSTOP), answered requests stay 'running'
+#     and complete once it continues: the recording is the recorder's;
+#   - terminated while it holds answers, the worker records them itself and
+#     starts a new recorder;
+#   - with lava.recorder off no recorder runs and the worker records;
+#   - kill -9 of the recorder under load restarts the server; afterwards
+#     every request is terminal, none was charged twice, and the key
+#     counters equal the ledger.
+. "$LAVA_ROOT/test/tap.sh"
+export TEST_DB=lava_it
+plan 20
+
+q "INSERT INTO lava.providers (name, base_url, api_key) VALUES ('rec_oa', 'http://127.0.0.1:$MOCK_PORT/v1', 'sk-r') ON CONFLICT DO NOTHING" >/dev/null
+q "INSERT INTO lava.models VALUES ('rec_oa', 'gpt-rec', 1, 1, 10) ON CONFLICT DO NOTHING" >/dev/null
+created=$(q "SELECT lava.create_spend_key('{\"name\": \"recorder\", \"spend_limit\": {\"amount\": \"100\", \"cycle\": \"total\"}}')")
+key=$(q "SELECT '$created'::jsonb ->> 'key'")
+kid=$(q "SELECT '$created'::jsonb ->> 'spend_key_id'")
+
+# (a worker or recorder names itself once it is ready)
+backend_pid() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = '$1' AND application_name = '$1'" postgres 2>/dev/null; }
+# wait_backend TYPE [NOT_PID]: prints the pid of a backend of TYPE other than NOT_PID (15 s at most)
+wait_backend() {
+	local i p
+	for i in $(seq 1 150); do
+		p=$(backend_pid "$1")
+		[ -n "$p" ] && [ "$p" != "$2" ] && { echo "$p"; return 0; }
+		sleep 0.1
+	done
+	return 1
+}
+wait_no_backend() {
+	local i
+	for i in $(seq 1 150); do
+		[ -z "$(backend_pid "$1")" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+wait_server() {
+	local i
+	for i in $(seq 1 300); do
+		psql -X -qAt -d postgres -c "SELECT 1" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	return 1
+}
+# load N TAG: N prompts (answered at once by the mock), their ids as a SQL list
+load() { q "SELECT string_agg(lava.prompt('gpt-rec', '#in=5 #out=5 $2 ' || g, '{}', '$key')::text, ',') FROM generate_series(1, $1) g"; }
+count_status() { q "SELECT count(*) FILTER (WHERE status = '$2') FROM lava.request_store WHERE request_id IN ($1)"; }
+# wait_status IDS STATUS N: waits (20 s at most) until N of IDS have STATUS
+wait_status() {
+	local i
+	for i in $(seq 1 200); do
+		[ "$(count_status "$1" "$2")" = "$3" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+invariants() {
+	await_all; ok $? "$1: every request reached a terminal state"
+	is "$(q "SELECT k.total_spend = COALESCE((SELECT sum(cost) FROM lava.request_store r WHERE r.spend_key_id = k.spend_key_id), 0)
+			 AND k.total_spend = COALESCE((SELECT sum(cost) FROM lava.key_usage_daily d WHERE d.spend_key_id = k.spend_key_id), 0)
+			 AND k.reserved_spend = 0
+			 FROM lava.spend_key_store k WHERE spend_key_id = '$kid'")" t "$1: key spend = sum of request costs = ledger, nothing reserved (none charged twice)"
+}
+
+worker=$(wait_backend 'lava worker'); ok $? "the worker runs"
+rec=$(wait_backend 'lava recorder'); ok $? "so does its recorder"
+is "$(q "SELECT datname FROM pg_stat_activity WHERE pid = $rec" postgres)" lava_it "the recorder is connected to lava.database"
+
+# 1. the recording is the recorder's: stopped, the answers wait for it
+kill -STOP "$rec"
+ids=$(load 40 stopped)
+for i in $(seq 1 100); do
+	[ "$(mock_log "'stopped' in json.dumps(r['body'])" | /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 40 ] && break
+	sleep 0.1
+done
+sleep 0.5
+is "$(count_status "$ids" running)" 40 "with the recorder stopped, 40 answered requests stay running"
+kill -CONT "$rec"
+wait_status "$ids" completed 40; ok $? "once it continues, all 40 complete"
+is "$(q "SELECT count(*) FROM lava.request_store WHERE request_id IN ($ids) AND cost = 0.00001 AND attempts = 1")" 40 \
+	"each was charged its exact cost after one attempt"
+
+# 2. terminated while holding answers: the worker records them, and a new recorder starts
+kill -STOP "$rec"
+ids=$(load 30 terminated)
+sleep 1
+is "$(count_status "$ids" running)" 30 "30 answers wait in the outbox of a stopped recorder"
+q "SELECT pg_terminate_backend($rec)" postgres >/dev/null
+kill -CONT "$rec"
+wait_status "$ids" completed 30; ok $? "after the recorder is terminated, the worker records all 30"
+rec2=$(wait_backend 'lava recorder' "$rec"); ok $? "and the worker starts a new recorder"
+is "$(backend_pid 'lava worker')" "$worker" "the worker itself kept running"
+
+# 3. lava.recorder = off: no recorder, the worker records
+q "ALTER SYSTEM SET lava.recorder = off" postgres >/dev/null
+q "SELECT pg_reload_conf()" postgres >/dev/null
+wait_no_backend 'lava recorder'; ok $? "with lava.recorder off the recorder exits"
+ids=$(load 30 off)
+wait_status "$ids" completed 30; ok $? "and the worker records results itself"
+q "ALTER SYSTEM RESET lava.recorder" postgres >/dev/null
+q "SELECT pg_reload_conf()" postgres >/dev/null
+rec3=$(wait_backend 'lava recorder'); ok $? "turned on again, a recorder starts"
+ids=$(load 30 on-again)
+wait_status "$ids" completed 30; ok $? "and results are recorded"
+invariants "stop, terminate, off"
+
+# 4. kill -9 of the recorder under load: the server restarts, nothing is lost or charged twice
+q "SELECT count(lava.prompt('gpt-rec', '#latency_ms=300 #in=5 #out=5 k' || g, '{}', '$key')) FROM generate_series(1, 150) g" >/dev/null
+sleep 0.5
+kill -9 "$rec3"
+wait_server; ok $? "after kill -9 of the recorder under load, the server is back"
+wait_backend 'lava recorder' "$rec3" >/dev/null; ok $? "and so is a recorder"
+invariants "kill -9 of the recorder"
