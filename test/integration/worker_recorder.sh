@@ -5,19 +5,26 @@
 #     and complete once it continues: the recording is the recorder's;
 #   - terminated while it holds answers, the worker records them itself and
 #     starts a new recorder;
+#   - when the worker is terminated too, the next worker records what the
+#     outbox holds before its start-up recovery, so nothing is sent twice;
 #   - with lava.recorder off no recorder runs and the worker records;
 #   - kill -9 of the recorder under load restarts the server; afterwards
 #     every request is terminal, none was charged twice, and the key
-#     counters equal the ledger.
+#     counters equal the ledger;
+#   - outcomes that outlive DROP EXTENSION are dropped, never recorded
+#     against the new extension's requests, even those with the same ids.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 20
+plan 27
 
-q "INSERT INTO lava.providers (name, base_url, api_key) VALUES ('rec_oa', 'http://127.0.0.1:$MOCK_PORT/v1', 'sk-r') ON CONFLICT DO NOTHING" >/dev/null
-q "INSERT INTO lava.models VALUES ('rec_oa', 'gpt-rec', 1, 1, 10) ON CONFLICT DO NOTHING" >/dev/null
-created=$(q "SELECT lava.create_spend_key('{\"name\": \"recorder\", \"spend_limit\": {\"amount\": \"100\", \"cycle\": \"total\"}}')")
-key=$(q "SELECT '$created'::jsonb ->> 'key'")
-kid=$(q "SELECT '$created'::jsonb ->> 'spend_key_id'")
+setup() {
+	q "INSERT INTO lava.providers (name, base_url, api_key) VALUES ('rec_oa', 'http://127.0.0.1:$MOCK_PORT/v1', 'sk-r') ON CONFLICT DO NOTHING" >/dev/null
+	q "INSERT INTO lava.models VALUES ('rec_oa', 'gpt-rec', 1, 1, 10) ON CONFLICT DO NOTHING" >/dev/null
+	created=$(q "SELECT lava.create_spend_key('{\"name\": \"recorder\", \"spend_limit\": {\"amount\": \"100\", \"cycle\": \"total\"}}')")
+	key=$(q "SELECT '$created'::jsonb ->> 'key'")
+	kid=$(q "SELECT '$created'::jsonb ->> 'spend_key_id'")
+}
+setup
 
 # (a worker or recorder names itself once it is ready)
 backend_pid() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = '$1' AND application_name = '$1'" postgres 2>/dev/null; }
@@ -71,13 +78,20 @@ worker=$(wait_backend 'lava worker'); ok $? "the worker runs"
 rec=$(wait_backend 'lava recorder'); ok $? "so does its recorder"
 is "$(q "SELECT datname FROM pg_stat_activity WHERE pid = $rec" postgres)" lava_it "the recorder is connected to lava.database"
 
+# wait_answered TAG N: waits (10 s at most) until the mock answered N prompts carrying TAG
+wait_answered() {
+	local i
+	for i in $(seq 1 100); do
+		[ "$(mock_log "'$1' in json.dumps(r['body'])" | /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" = "$2" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
 # 1. the recording is the recorder's: stopped, the answers wait for it
 kill -STOP "$rec"
 ids=$(load 40 stopped)
-for i in $(seq 1 100); do
-	[ "$(mock_log "'stopped' in json.dumps(r['body'])" | /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 40 ] && break
-	sleep 0.1
-done
+wait_answered stopped 40
 sleep 0.5
 is "$(count_status "$ids" running)" 40 "with the recorder stopped, 40 answered requests stay running"
 kill -CONT "$rec"
@@ -95,6 +109,19 @@ kill -CONT "$rec"
 wait_status "$ids" completed 30; ok $? "after the recorder is terminated, the worker records all 30"
 rec2=$(wait_backend 'lava recorder' "$rec"); ok $? "and the worker starts a new recorder"
 is "$(backend_pid 'lava worker')" "$worker" "the worker itself kept running"
+
+# 2b. the worker and the recorder both terminated with answers in the outbox:
+# the next worker records them before it recovers, and sends none again
+kill -STOP "$rec2"
+ids=$(load 20 both-gone)
+wait_answered both-gone 20
+q "SELECT pg_terminate_backend($worker)" postgres >/dev/null
+kill -CONT "$rec2"
+worker=$(wait_backend 'lava worker' "$worker"); ok $? "a new worker starts"
+wait_status "$ids" completed 20; ok $? "and records the 20 answers the outbox held"
+sleep 0.5
+is "$(q "SELECT count(*) FROM lava.request_store WHERE request_id IN ($ids) AND attempts = 1")/$(mock_log "'both-gone' in json.dumps(r['body'])" |
+	/usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" "20/20" "each after one attempt, sent once"
 
 # 3. lava.recorder = off: no recorder, the worker records
 q "ALTER SYSTEM SET lava.recorder = off" postgres >/dev/null
@@ -116,3 +143,23 @@ kill -9 "$rec3"
 wait_server; ok $? "after kill -9 of the recorder under load, the server is back"
 wait_backend 'lava recorder' "$rec3" >/dev/null; ok $? "and so is a recorder"
 invariants "kill -9 of the recorder"
+
+# 5. outcomes that outlive DROP EXTENSION: dropped, even where the new
+# extension's requests have their ids (the identity restarted on purpose)
+rec4=$(wait_backend 'lava recorder')
+kill -STOP "$rec4"
+ids=$(load 20 stale)
+wait_answered stale 20
+first=$(q "SELECT min(request_id) FROM lava.request_store WHERE request_id IN ($ids)")
+psql -X -qAt -d lava_it -c "SET statement_timeout = '20s'" -c "DROP EXTENSION lava CASCADE" >/dev/null &&
+	q "CREATE EXTENSION lava" >/dev/null &&
+	q "ALTER TABLE lava.request_store ALTER COLUMN request_id RESTART WITH $first" >/dev/null
+setup
+new_ids=$(load 20 '#latency_ms=1500 #text=fresh')
+is "$new_ids" "$ids" "the new extension's requests have the ids of the 20 outcomes still in the outbox"
+kill -CONT "$rec4"
+wait_status "$new_ids" completed 20; ok $? "the new requests complete"
+is "$(q "SELECT count(*) FROM lava.request_store WHERE request_id IN ($new_ids) AND output_text = 'fresh' AND attempts = 1")" 20 \
+	"each with its own answer, none with a stale one"
+grep -q "lava recorder dropped 20 results of requests claimed before extension lava was dropped" "$LAVA_TEST_DIR/server.log"
+ok $? "the recorder dropped the 20 stale outcomes (server log)"
