@@ -326,11 +326,12 @@ wait_drained() {
 	done
 }
 
-# rss_sampler_start FILE [INTERVAL]: samples the worker's memory every
-# INTERVAL s (0.2) into FILE: epoch VmRSS_kB RssAnon_kB RssFile_kB RssShmem_kB.
+# rss_sampler_start FILE [INTERVAL] [PID]: samples the memory of the worker
+# (or of process PID) every INTERVAL s (0.2) into FILE: epoch VmRSS_kB
+# RssAnon_kB RssFile_kB RssShmem_kB.
 rss_sampler_start() {
-	local file=$1 interval=${2:-0.2} pid
-	pid=$(worker_pid)
+	local file=$1 interval=${2:-0.2} pid=${3:-}
+	[ -n "$pid" ] || pid=$(worker_pid)
 	[ -n "$pid" ] || die "no lava worker to sample"
 	bg bash -c '
 		while [ -r /proc/'"$pid"'/status ]; do

@@ -5,10 +5,11 @@
 # answers: 70% fast, 15% slow (1.5 s), 5% HTTP 500 (retried, then error), 4%
 # HTTP 400, 3% 429 with Retry-After: 1, 2% a 200 that is not JSON, 1% a 200
 # without usage.  lava.max_concurrency is SOAK_CONCURRENCY (256).  The
-# worker's memory (RssAnon + RssFile) is sampled every SOAK_SAMPLE (10) s.
+# memory (RssAnon + RssFile) of the worker and of its recorder is sampled
+# every SOAK_SAMPLE (10) s.
 #
 # It fails (exit 1) when
-#   - the worker's memory grows after the warm-up (the first third: the
+#   - the worker's or the recorder's memory grows after the warm-up (the first third: the
 #     connection cache and the pools fill up to the peak concurrency seen):
 #     the mean of the last 5 samples exceeds the mean of the 5 samples
 #     after the first third by more than 10% (a leak of 20% over the run
@@ -60,15 +61,22 @@ EOF
 bg pgbench -n -c 4 -j 2 -T 10 -R "$RATE" -M prepared -f "$WORK/soak.sql" "$BENCH_DB"
 wait "$BG_PID" || die "warm-up pgbench failed"
 pid=$(worker_pid)
+rpid=$(recorder_pid)
 bg pgbench -n -c 4 -j 2 -T "$SECS" -R "$RATE" -M prepared -f "$WORK/soak.sql" -P 60 "$BENCH_DB"
 PGB_PID=$BG_PID
 rss_sampler_start "$WORK/rss.soak" "$SAMPLE"
+RSS_WORKER=$RSS_PID
+[ -n "$rpid" ] || die "no lava recorder runs"
+rss_sampler_start "$WORK/rss.soak.recorder" "$SAMPLE" "$rpid"
+RSS_RECORDER=$RSS_PID
 wait "$PGB_PID" || die "pgbench failed"
 echo "  load done; waiting for the queue to drain"
 wait_drained "$GRACE"
 left=$(non_terminal)
-stop_bg "$RSS_PID"
+stop_bg "$RSS_WORKER"
+stop_bg "$RSS_RECORDER"
 [ "$(worker_pid)" = "$pid" ] || echo "  the worker restarted during the soak (pid $pid -> $(worker_pid))"
+[ "$(recorder_pid)" = "$rpid" ] || echo "  the recorder restarted during the soak (pid $rpid -> $(recorder_pid))"
 
 echo "  requests by status:"
 q "SELECT status, count(*), COALESCE(sum(cost), 0) FROM lava.request_store GROUP BY 1 ORDER BY 1" | sed 's/^/    /'
@@ -79,14 +87,21 @@ bad=$(q "SELECT count(*) FROM lava.spend_key_store k
 	   OR (k.reserved_spend <> 0 AND NOT EXISTS (SELECT 1 FROM lava.request_store r
 			WHERE r.spend_key_id = k.spend_key_id AND r.status IN ('queued', 'running')))")
 
+# growth FILE: "start warm end" in MB: the first sample, the mean of the 5
+# after the first third, the mean of the last 5
+growth() {
+	awk -v n="$(wc -l <"$1")" '{ v = ($3 + $4) / 1024 }
+		NR == 1 { s = v } NR > int(n / 3) && NR <= int(n / 3) + 5 { w += v; nw++ } NR > n - 5 { l += v; nl++ }
+		END { printf "%.2f %.2f %.2f\n", s, (nw ? w / nw : 0), (nl ? l / nl : 0) }' "$1"
+}
 n=$(wc -l <"$WORK/rss.soak")
-# start: the first sample; warm: the 5 after the first third; end: the last 5
-read -r start warm last < <(awk -v n="$n" '{ v = ($3 + $4) / 1024 }
-	NR == 1 { s = v } NR > int(n / 3) && NR <= int(n / 3) + 5 { w += v; nw++ } NR > n - 5 { l += v; nl++ }
-	END { printf "%.2f %.2f %.2f\n", s, (nw ? w / nw : 0), (nl ? l / nl : 0) }' "$WORK/rss.soak")
-echo "  worker memory samples (MB, RssAnon + RssFile; VmRSS in brackets):"
-awk '{ printf "    %s%.1f (%.1f)", (NR % 8 == 1 && NR > 1 ? "\n    " : ""), ($3 + $4) / 1024, $2 / 1024 } END { print "" }' "$WORK/rss.soak" |
-	sed 's/^    \(    \)/\1/'
+read -r start warm last < <(growth "$WORK/rss.soak")
+read -r rstart rwarm rlast < <(growth "$WORK/rss.soak.recorder")
+for f in rss.soak rss.soak.recorder; do
+	echo "  $([ "$f" = rss.soak ] && echo worker || echo recorder) memory samples (MB, RssAnon + RssFile; VmRSS in brackets):"
+	awk '{ printf "    %s%.1f (%.1f)", (NR % 8 == 1 && NR > 1 ? "\n    " : ""), ($3 + $4) / 1024, $2 / 1024 } END { print "" }' "$WORK/$f" |
+		sed 's/^    \(    \)/\1/'
+done
 
 fail=0
 [ "$n" -ge 15 ] || { echo "soak: only $n memory samples (SOAK_SECONDS too short for SOAK_SAMPLE?)" >&2; fail=1; }
@@ -94,6 +109,9 @@ grow=$(calc "$last / $warm")
 record "soak: worker MB, end / after warm-up" "$last" "$warm" "$grow" "<= 1.1x" "$(met "$grow <= 1.1")"
 [ "$(met "$grow <= 1.1")" = yes ] || fail=1
 record "soak: worker MB, warm-up (after a third / first sample)" "$warm" "$start" "$(calc "$warm / $start")" "(report)" "-"
+rgrow=$(calc "$rlast / $rwarm")
+record "soak: recorder MB, end / after warm-up" "$rlast" "$rwarm" "$rgrow" "<= 1.1x" "$(met "$rgrow <= 1.1")"
+[ "$(met "$rgrow <= 1.1")" = yes ] || fail=1
 record "soak: requests left non-terminal" "$left" "-" "-" "0" "$(met "$left == 0")"
 [ "$left" = 0 ] || fail=1
 record "soak: keys whose counters differ from ledger" "$bad" "-" "-" "0" "$(met "$bad == 0")"
