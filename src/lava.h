@@ -137,8 +137,11 @@ extern void LavaRecordOutcomes(const LavaOutcome *items, int n, int64 *completed
 /* the outbox from the worker to the recorder (outbox.c) */
 extern Size LavaOutboxShmemSize(void);
 extern void LavaOutboxShmemInit(void);
+extern bool LavaOutboxTooBig(const LavaOutcome *o);
 extern bool LavaOutboxPush(const LavaOutcome *o, Oid ext);
+extern bool LavaOutboxBacklogged(void);
 extern bool LavaOutboxEmpty(void);
+extern bool LavaOutboxMayConsume(void);
 extern bool LavaOutboxBeginConsume(void);
 extern void LavaOutboxEndConsume(void);
 extern int	LavaOutboxPeek(int max_n, Size max_bytes, LavaOutcome **items, Oid *ext,

@@ -11,9 +11,10 @@
  * from tail.  The consumer moves tail past a batch only when the
  * transaction that recorded it commits (see LavaOutboxAdvance), so an
  * outcome is never lost to a consumer that fails or exits mid-batch: the
- * next consumer records it.  Each item carries the OID of the extension its
- * request was claimed under, so that an outcome outliving a DROP EXTENSION
- * is dropped rather than recorded against a later request with the same id.
+ * next consumer records it.  Each item carries the OIDs of the database and
+ * of the extension its request was claimed under, so that an outcome
+ * outliving a DROP EXTENSION (or the database) is dropped rather than
+ * recorded against a later request with the same id.
  *
  * head, tail and the pids are protected by a spinlock; the bytes between
  * tail and head belong to the consumer, the rest to the producer.  The ring
@@ -53,6 +54,7 @@ typedef struct OutboxShared
 typedef struct OutboxItem
 {
 	uint32		size;			/* header + payload, MAXALIGNed */
+	Oid			db;				/* the database of the request */
 	Oid			ext;			/* extension lava's OID when claimed */
 	int64		id;
 	double		retry_after;
@@ -114,10 +116,26 @@ RingRead(uint64 pos, void *dst, Size len)
 		memcpy((char *) dst + first, Outbox->data, len - first);
 }
 
+/* The room an outcome takes in the ring. */
+static Size
+ItemSize(const LavaOutcome *o)
+{
+	return MAXALIGN(sizeof(OutboxItem) +
+					(o->body != NULL ? VARSIZE_ANY_EXHDR(o->body) : 0) +
+					(o->error != NULL ? strlen(o->error) : 0));
+}
+
+/* True when an outcome is too big ever to be handed over (its caller records it). */
+bool
+LavaOutboxTooBig(const LavaOutcome *o)
+{
+	return ItemSize(o) > OUTBOX_BYTES / 4;
+}
+
 /*
- * Appends one outcome, tagged with ext.  Returns false, appending nothing,
- * when the ring has no room for it (the caller records it itself).  Only
- * the worker calls this.
+ * Appends one outcome of this database, tagged with ext.  Returns false,
+ * appending nothing, when the ring has no room for it now, or ever (see
+ * LavaOutboxTooBig).  Only the worker calls this.
  */
 bool
 LavaOutboxPush(const LavaOutcome *o, Oid ext)
@@ -125,11 +143,11 @@ LavaOutboxPush(const LavaOutcome *o, Oid ext)
 	OutboxItem	item;
 	Size		body_len = o->body != NULL ? VARSIZE_ANY_EXHDR(o->body) : 0;
 	Size		error_len = o->error != NULL ? strlen(o->error) : 0;
-	Size		size = MAXALIGN(sizeof(OutboxItem) + body_len + error_len);
+	Size		size = ItemSize(o);
 	uint64		head;
 	uint64		tail;
 
-	if (size > OUTBOX_BYTES / 4)
+	if (LavaOutboxTooBig(o))
 		return false;
 	SpinLockAcquire(&Outbox->mutex);
 	head = Outbox->head;
@@ -139,6 +157,7 @@ LavaOutboxPush(const LavaOutcome *o, Oid ext)
 		return false;
 
 	item.size = (uint32) size;
+	item.db = MyDatabaseId;
 	item.ext = ext;
 	item.id = o->id;
 	item.retry_after = o->retry_after;
@@ -156,6 +175,21 @@ LavaOutboxPush(const LavaOutcome *o, Oid ext)
 	Outbox->head = head + size;
 	SpinLockRelease(&Outbox->mutex);
 	return true;
+}
+
+/*
+ * True when the outcomes waiting in the ring fill half of it: the worker
+ * then claims no more until the recorder catches up.
+ */
+bool
+LavaOutboxBacklogged(void)
+{
+	uint64		used;
+
+	SpinLockAcquire(&Outbox->mutex);
+	used = Outbox->head - Outbox->tail;
+	SpinLockRelease(&Outbox->mutex);
+	return used >= OUTBOX_BYTES / 2;
 }
 
 /* True when every outcome handed over has been recorded (or dropped). */
@@ -184,6 +218,18 @@ LavaOutboxBeginConsume(void)
 	return mine;
 }
 
+/* True when this process is, or may become, the consumer. */
+bool
+LavaOutboxMayConsume(void)
+{
+	bool		may;
+
+	SpinLockAcquire(&Outbox->mutex);
+	may = Outbox->consumer_pid == 0 || Outbox->consumer_pid == MyProcPid;
+	SpinLockRelease(&Outbox->mutex);
+	return may;
+}
+
 /* Stops being the consumer (also called on exit: see LavaOutboxProcessExit). */
 void
 LavaOutboxEndConsume(void)
@@ -197,7 +243,8 @@ LavaOutboxEndConsume(void)
 /*
  * Copies up to max_n outcomes from tail (whose body bytes total at most
  * max_bytes, but at least one), all tagged with the same extension OID,
- * into palloc'd memory.  ends[i] is the ring position just past item i:
+ * into palloc'd memory; *ext is that OID, or InvalidOid for outcomes of
+ * another database (which only a dropped database leaves behind).  ends[i] is the ring position just past item i:
  * the tail to set once items 0..i are recorded.  Returns the number copied;
  * the caller must be the consumer.
  */
@@ -222,11 +269,13 @@ LavaOutboxPeek(int max_n, Size max_bytes, LavaOutcome **items, Oid *ext, uint64 
 	{
 		OutboxItem	item;
 		LavaOutcome *o = &(*items)[n];
+		Oid			tag;
 
 		RingRead(pos, &item, sizeof(item));
-		if (n > 0 && (item.ext != *ext || bytes + Max(item.body_len, 0) > max_bytes))
+		tag = item.db == MyDatabaseId ? item.ext : InvalidOid;
+		if (n > 0 && (tag != *ext || bytes + Max(item.body_len, 0) > max_bytes))
 			break;
-		*ext = item.ext;
+		*ext = tag;
 		o->id = item.id;
 		o->http_status = item.http_status;
 		o->retry_after = item.retry_after;

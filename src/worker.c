@@ -154,6 +154,7 @@ static int64 ReportedInFlight = -1;
 static bool IsRecorder = false; /* this process is the recorder */
 static Oid	KnownExtOid = InvalidOid;	/* extension lava as the last step saw it */
 static Oid	StepExtOid = InvalidOid;	/* ... and as the current step sees it */
+static bool ExtensionRecreated = false; /* the last step found a new one */
 static MemoryContext ConsumeContext = NULL; /* one outbox batch */
 static uint64 AdvanceAtCommit = 0;	/* outbox tail to set when the step commits */
 static bool OutboxCallbackRegistered = false;
@@ -322,6 +323,13 @@ ExtensionGone(void)
 		RestartHttp();
 	ResetOutcomes();
 	NeedRecover = true;
+	if (ExtensionRecreated)
+	{
+		/* a new one is there: recover and claim at once */
+		ExtensionRecreated = false;
+		ClaimWanted = true;
+		return;
+	}
 	/* until woken, look again after a while */
 	ClaimWanted = false;
 	NextClaimAt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), NO_EXTENSION_WAIT_MS);
@@ -376,6 +384,7 @@ RunStep(const char *activity, StepFunction fn, void *arg)
 		{
 			/* dropped and created again: what was claimed went with it */
 			KnownExtOid = StepExtOid;
+			ExtensionRecreated = true;
 			result = STEP_NO_EXTENSION;
 		}
 		else
@@ -817,25 +826,47 @@ RecorderReady(void)
 	return lava_recorder && LavaOutboxRecorderPid() != 0;
 }
 
-/* Hands the outcomes taken so far to the recorder, as many as the outbox takes. */
+/*
+ * Hands the outcomes taken so far to the recorder, as many as the outbox
+ * has room for.  The rest, and any too big for the outbox, stay for the
+ * worker to record (RecordOutcomes) or to hand over later.
+ */
 static void
 HandOff(void)
 {
-	int			i = 0;
+	int			kept = 0;
+	int			i;
 
-	while (i < NumOutcomes && LavaOutboxPush(&Outcomes[i], KnownExtOid))
-		i++;
-	if (i == 0)
-		return;
-	LavaOutboxWakeRecorder();
-	if (i == NumOutcomes)
-		ResetOutcomes();
-	else
+	for (i = 0; i < NumOutcomes; i++)
 	{
-		/* the rest wait for room, or for the worker to record them */
-		memmove(Outcomes, Outcomes + i, sizeof(LavaOutcome) * (NumOutcomes - i));
-		NumOutcomes -= i;
+		if (LavaOutboxPush(&Outcomes[i], KnownExtOid))
+			continue;
+		if (!LavaOutboxTooBig(&Outcomes[i]))
+			break;				/* no room now: these wait */
+		Outcomes[kept++] = Outcomes[i];
 	}
+	if (i > kept)
+		LavaOutboxWakeRecorder();	/* some were handed over */
+	if (kept == 0 && i == NumOutcomes)
+	{
+		ResetOutcomes();
+		return;
+	}
+	memmove(Outcomes + kept, Outcomes + i, sizeof(LavaOutcome) * (NumOutcomes - i));
+	NumOutcomes = kept + (NumOutcomes - i);
+}
+
+/*
+ * True when results wait to be recorded in such numbers that the worker
+ * should claim no more until they are: half the outbox, or as many as
+ * lava.max_concurrency in the worker's own hands.  Claiming gives way to
+ * recording, so that a slow recorder (or a stopped one) bounds what a
+ * crash or a shutdown can leave unrecorded.
+ */
+static bool
+RecordingBehind(void)
+{
+	return NumOutcomes >= lava_max_concurrency || LavaOutboxBacklogged();
 }
 
 /*
@@ -999,6 +1030,8 @@ ClaimAndSubmit(void)
 	w.want = Min(lava_max_concurrency - LavaHttpInFlight(Http), CLAIM_MAX);
 	if (w.want <= 0)
 		return;					/* a finished call makes room */
+	if (RecordingBehind())
+		return;					/* recording makes room */
 	if (RunStep("lava worker: claiming requests", ClaimStep, &w) != STEP_DONE)
 		return;
 
@@ -1132,11 +1165,13 @@ NextTimeout(void)
 		return Min(timeout, Max(1, TimestampDifferenceMilliseconds(now, BackoffUntil)));
 	if (NumOutcomes > 0)
 	{
-		/* (with a recorder, they wait for room in the outbox) */
-		if (OutcomesReady() && !RecorderReady())
+		/* (with a recorder, or while it finishes a batch, they wait for room) */
+		if (OutcomesReady() && !RecorderReady() && LavaOutboxMayConsume())
 			return 0;
 		timeout = Min(timeout, LINGER_MS);
 	}
+	if (RecordingBehind())
+		return Min(timeout, LINGER_MS);
 	if (LavaHttpInFlight(Http) < lava_max_concurrency)
 	{
 		if (ClaimWanted || NextClaimAt <= now)

@@ -3,6 +3,7 @@
 # off or is killed:
 #   - with the recorder stopped (SIGSTOP), answered requests stay 'running'
 #     and complete once it continues: the recording is the recorder's;
+#   - while answers wait for it, the worker claims no more;
 #   - terminated while it holds answers, the worker records them itself and
 #     starts a new recorder;
 #   - when the worker is terminated too, the next worker records what the
@@ -15,7 +16,7 @@
 #     against the new extension's requests, even those with the same ids.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 27
+plan 31
 
 setup() {
 	q "INSERT INTO lava.providers (name, base_url, api_key) VALUES ('rec_oa', 'http://127.0.0.1:$MOCK_PORT/v1', 'sk-r') ON CONFLICT DO NOTHING" >/dev/null
@@ -27,7 +28,7 @@ setup() {
 setup
 
 # (a worker or recorder names itself once it is ready)
-backend_pid() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = '$1' AND application_name = '$1'" postgres 2>/dev/null; }
+backend_pid() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = '$1' AND application_name = '$1' ORDER BY backend_start DESC LIMIT 1" postgres 2>/dev/null; }
 # wait_backend TYPE [NOT_PID]: prints the pid of a backend of TYPE other than NOT_PID (15 s at most)
 wait_backend() {
 	local i p
@@ -88,6 +89,17 @@ wait_answered() {
 	return 1
 }
 
+# wait_handed: waits (10 s at most) until the worker has no call in flight:
+# it has taken every answer and handed it over (in the same loop turn)
+wait_handed() {
+	local i
+	for i in $(seq 1 100); do
+		[ "$(q "SELECT in_flight FROM lava.worker_status")" = 0 ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
 # 1. the recording is the recorder's: stopped, the answers wait for it
 kill -STOP "$rec"
 ids=$(load 40 stopped)
@@ -99,22 +111,36 @@ wait_status "$ids" completed 40; ok $? "once it continues, all 40 complete"
 is "$(q "SELECT count(*) FROM lava.request_store WHERE request_id IN ($ids) AND cost = 0.00001 AND attempts = 1")" 40 \
 	"each was charged its exact cost after one attempt"
 
+# 1b. claiming gives way to recording: with 2.4 MB of answers waiting for a
+# stopped recorder (over half the outbox), a new request is not sent
+kill -STOP "$rec"
+big=$(q "SELECT string_agg(lava.prompt('gpt-rec', '#in=5 #out=5 big' || g || ' #text=' || repeat('x', 600000), '{}', '$key')::text, ',')
+		 FROM generate_series(1, 4) g")
+wait_answered big 4 && wait_handed
+small=$(load 1 held-back)
+sleep 1
+is "$(count_status "$small" queued)" 1 "with 2.4 MB of answers waiting for a stopped recorder, the worker claims nothing more"
+kill -CONT "$rec"
+wait_status "$big,$small" completed 5; ok $? "once the recorder catches up, the held-back request is sent, and all five complete"
+
 # 2. terminated while holding answers: the worker records them, and a new recorder starts
 kill -STOP "$rec"
 ids=$(load 30 terminated)
-sleep 1
+wait_answered terminated 30 && wait_handed
 is "$(count_status "$ids" running)" 30 "30 answers wait in the outbox of a stopped recorder"
 q "SELECT pg_terminate_backend($rec)" postgres >/dev/null
 kill -CONT "$rec"
-wait_status "$ids" completed 30; ok $? "after the recorder is terminated, the worker records all 30"
+wait_status "$ids" completed 30; ok $? "after the recorder is terminated, all 30 are recorded"
 rec2=$(wait_backend 'lava recorder' "$rec"); ok $? "and the worker starts a new recorder"
+is "$(q "SELECT max(completed_at) < (SELECT backend_start FROM pg_stat_activity WHERE pid = $rec2)
+		 FROM lava.request_store WHERE request_id IN ($ids)")" t "the worker recorded them itself, before the new recorder started"
 is "$(backend_pid 'lava worker')" "$worker" "the worker itself kept running"
 
 # 2b. the worker and the recorder both terminated with answers in the outbox:
 # the next worker records them before it recovers, and sends none again
 kill -STOP "$rec2"
 ids=$(load 20 both-gone)
-wait_answered both-gone 20
+wait_answered both-gone 20 && wait_handed
 q "SELECT pg_terminate_backend($worker)" postgres >/dev/null
 kill -CONT "$rec2"
 worker=$(wait_backend 'lava worker' "$worker"); ok $? "a new worker starts"
@@ -136,20 +162,27 @@ ids=$(load 30 on-again)
 wait_status "$ids" completed 30; ok $? "and results are recorded"
 invariants "stop, terminate, off"
 
-# 4. kill -9 of the recorder under load: the server restarts, nothing is lost or charged twice
+# 4. kill -9 of the recorder with answers in the outbox and calls in flight:
+# the server restarts, the outbox is lost, and the crash rule sends those
+# requests again; nothing is lost or charged twice
+kill -STOP "$rec3"
+ids=$(load 30 ring)
+wait_answered ring 30 && wait_handed
 q "SELECT count(lava.prompt('gpt-rec', '#latency_ms=300 #in=5 #out=5 k' || g, '{}', '$key')) FROM generate_series(1, 150) g" >/dev/null
-sleep 0.5
+sleep 0.1
 kill -9 "$rec3"
 wait_server; ok $? "after kill -9 of the recorder under load, the server is back"
 wait_backend 'lava recorder' "$rec3" >/dev/null; ok $? "and so is a recorder"
 invariants "kill -9 of the recorder"
+is "$(q "SELECT count(*) FROM lava.request_store WHERE request_id IN ($ids) AND status = 'completed' AND attempts = 2")" 30 \
+	"the 30 answers lost with the outbox were sent again once, and completed"
 
 # 5. outcomes that outlive DROP EXTENSION: dropped, even where the new
 # extension's requests have their ids (the identity restarted on purpose)
 rec4=$(wait_backend 'lava recorder')
 kill -STOP "$rec4"
 ids=$(load 20 stale)
-wait_answered stale 20
+wait_answered stale 20 && wait_handed
 first=$(q "SELECT min(request_id) FROM lava.request_store WHERE request_id IN ($ids)")
 psql -X -qAt -d lava_it -c "SET statement_timeout = '20s'" -c "DROP EXTENSION lava CASCADE" >/dev/null &&
 	q "CREATE EXTENSION lava" >/dev/null &&
