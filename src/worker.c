@@ -160,6 +160,7 @@ static uint64 AdvanceAtCommit = 0;	/* outbox tail to set when the step commits *
 static bool OutboxCallbackRegistered = false;
 static BackgroundWorkerHandle *Recorder = NULL; /* the worker's recorder */
 static TimestampTz RecorderRetryAt = 0; /* start it again no sooner */
+static bool RecorderSlotMissing = false; /* the last start found no slot */
 
 static bool InBackoff(void);
 
@@ -947,10 +948,15 @@ ManageRecorder(void)
 	{
 		Recorder = NULL;
 		RecorderRetryAt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RECORDER_NO_SLOT_MS);
-		ereport(LOG,
-				(errmsg("lava worker could not start its recorder and records results itself"),
-				 errhint("Raise max_worker_processes: lava needs two background worker slots.")));
+		/* said once, not at every retry */
+		if (!RecorderSlotMissing)
+			ereport(LOG,
+					(errmsg("lava worker could not start its recorder and records results itself"),
+					 errhint("Raise max_worker_processes: lava needs two background worker slots.")));
+		RecorderSlotMissing = true;
 	}
+	else
+		RecorderSlotMissing = false;
 	MemoryContextSwitchTo(old);
 }
 

@@ -13,10 +13,12 @@
 #     every request is terminal, none was charged twice, and the key
 #     counters equal the ledger;
 #   - outcomes that outlive DROP EXTENSION are dropped, never recorded
-#     against the new extension's requests, even those with the same ids.
+#     against the new extension's requests, even those with the same ids;
+#   - without a free background worker slot the worker says so once and
+#     records results itself.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 31
+plan 35
 
 setup() {
 	q "INSERT INTO lava.providers (name, base_url, api_key) VALUES ('rec_oa', 'http://127.0.0.1:$MOCK_PORT/v1', 'sk-r') ON CONFLICT DO NOTHING" >/dev/null
@@ -196,3 +198,20 @@ is "$(q "SELECT count(*) FROM lava.request_store WHERE request_id IN ($new_ids) 
 	"each with its own answer, none with a stale one"
 grep -q "lava recorder dropped 20 results of requests claimed before extension lava was dropped" "$LAVA_TEST_DIR/server.log"
 ok $? "the recorder dropped the 20 stale outcomes (server log)"
+
+# 6. no background worker slot for the recorder: the worker records itself
+restart() {
+	as_postgres "$PGBIN/pg_ctl" -D "$LAVA_TEST_DIR/data" -l "$LAVA_TEST_DIR/server.log" -w -t 60 restart >/dev/null 2>&1 && wait_server
+}
+# (the logical replication launcher and the lava worker take both slots)
+q "ALTER SYSTEM SET max_worker_processes = 2" postgres >/dev/null
+restart; ok $? "the server restarts with max_worker_processes = 2"
+wait_backend 'lava worker' >/dev/null
+ids=$(load 20 no-slot)
+wait_status "$ids" completed 20; ok $? "without a slot for the recorder, the worker records the results"
+is "$(q "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'lava recorder'" postgres)" 0 "no recorder runs"
+grep -q "lava worker could not start its recorder and records results itself" "$LAVA_TEST_DIR/server.log"
+ok $? "the worker says why in the server log"
+q "ALTER SYSTEM RESET max_worker_processes" postgres >/dev/null
+restart || echo "# the server did not restart"
+wait_backend 'lava recorder' >/dev/null || echo "# no recorder after the restart"
