@@ -62,7 +62,7 @@ echo "  the plaintext key is shown this once: $KEY"
 echo "  only its SHA-256 digest is stored; id $ID"
 sql "SELECT name, status, allowed_models, spend_limit, remaining_spend, rate_limit, key_preview FROM lava.spend_keys;"
 
-step "3. use it: enqueue a prompt from SQL; the worker calls the upstream; await the result"
+step "3. use it: enqueue a prompt from SQL; the worker calls the upstream, its recorder records the answer; await the result"
 REQ=$(val "SELECT lava.prompt('$MODEL', 'Say hello to the lava demo in five words.', '{\"max_tokens\": 40}', '$KEY')")
 sql "SELECT status, output_text, model_usage, cost, attempts FROM lava.requests WHERE request_id = $REQ AND lava.await($REQ, '30 seconds') IS NOT NULL;"
 sql "SELECT current_spend, reserved_spend, remaining_spend, current_requests, last_used_at IS NOT NULL AS used FROM lava.spend_keys;"
@@ -98,5 +98,6 @@ sql "SELECT lava.verify_spend_key('$NEW');"
 sql "SELECT lava.get_spend_key('$ID');"
 sql "SELECT count(*) AS keys_listed FROM lava.spend_keys;"
 sql "SELECT running, queued, in_flight, completed, failed FROM lava.worker_status;"
+sql "SELECT backend_type, datname, state FROM pg_stat_activity WHERE backend_type LIKE 'lava%' ORDER BY 1;"
 
 step "done: stopping the cluster and the mock upstream"
