@@ -4,7 +4,10 @@
 # 1,000 keys with spend limits, against the baseline: the same pgbench doing
 # a bare INSERT of an equivalent row (the columns of lava.request_store, same
 # body, same key lookup) into a plain table with only a primary key.  Then
-# the hot key: all 8 clients on one key.
+# the hot key: all 8 clients on one key.  The baseline and lava.prompt take
+# turns, ENQUEUE_ROUNDS (2) rounds of ENQUEUE_SECONDS / rounds each, and
+# each figure is the mean of its rounds: the host's speed drifts over
+# minutes, and one long run of each would lend the drift to the ratio.
 #
 # The worker is kept idle for these: pgbench runs in a second database with
 # the extension (lava_enqueue), which the worker does not serve, so the
@@ -15,6 +18,7 @@
 . "$(dirname "$0")/lib.sh"
 
 SECS=${ENQUEUE_SECONDS:-10}
+ROUNDS=${ENQUEUE_ROUNDS:-2}
 KEYS=${ENQUEUE_KEYS:-1000}
 CLIENTS=${ENQUEUE_CLIENTS:-8}
 DB=lava_enqueue
@@ -68,13 +72,23 @@ steady_stats
 q "CHECKPOINT" $DB >/dev/null
 [ "${BENCH_PROFILE:-0}" = 1 ] && q "SELECT pg_stat_statements_reset()" $DB >/dev/null
 
-base=$(pgbench_tps "${PGB[@]}" -f "$WORK/insert.sql" $DB) || exit 1
-echo "  baseline INSERT: $base tps"
-q "CHECKPOINT" $DB >/dev/null
 before=$(q "SELECT count(*) FROM lava.request_store" $DB)
-lava=$(pgbench_tps "${PGB[@]}" -f "$WORK/prompt.sql" $DB) || exit 1
-echo "  lava.prompt, $KEYS keys: $lava tps ($(($(q "SELECT count(*) FROM lava.request_store" $DB) - before)) rows queued)"
-grep -E 'latency average|number of failed' "$WORK/pgbench.last" | sed 's/^/    /'
+base=0
+lava=0
+round_secs=$(awk -v s="$SECS" -v r="$ROUNDS" 'BEGIN { v = int(s / r + 0.5); print (v < 1 ? 1 : v) }')
+for r in $(seq 1 "$ROUNDS"); do
+	q "CHECKPOINT" $DB >/dev/null
+	b=$(pgbench_tps "${PGB[@]}" -T "$round_secs" -f "$WORK/insert.sql" $DB) || exit 1
+	q "CHECKPOINT" $DB >/dev/null
+	l=$(pgbench_tps "${PGB[@]}" -T "$round_secs" -f "$WORK/prompt.sql" $DB) || exit 1
+	printf '  round %s of %s (%s s each): baseline INSERT %.0f tps, lava.prompt %.0f tps (%.3fx)\n' \
+		"$r" "$ROUNDS" "$round_secs" "$b" "$l" "$(calc "$l / $b")"
+	grep -E 'latency average|number of failed' "$WORK/pgbench.last" | sed 's/^/    /'
+	base=$(calc "$base + $b / $ROUNDS")
+	lava=$(calc "$lava + $l / $ROUNDS")
+done
+echo "  baseline INSERT: $(printf '%.0f' "$base") tps (mean)"
+echo "  lava.prompt, $KEYS keys: $(printf '%.0f' "$lava") tps (mean; $(($(q "SELECT count(*) FROM lava.request_store" $DB) - before)) rows queued)"
 q "CHECKPOINT" $DB >/dev/null
 hot=$(pgbench_tps "${PGB[@]}" -f "$WORK/hot.sql" $DB) || exit 1
 echo "  lava.prompt, one hot key: $hot tps"
