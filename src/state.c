@@ -383,16 +383,17 @@ lava_wait_worker(PG_FUNCTION_ARGS)
 
 /*
  * lava._worker_state(OUT running, OUT pid, OUT in_flight, OUT completed,
- * OUT failed, OUT started_at, OUT last_error) returns record: a snapshot of
- * the shared worker state for lava.worker_status.
+ * OUT failed, OUT started_at, OUT last_error, OUT recorder_pid) returns
+ * record: a snapshot of the shared worker state for lava.worker_status.
  */
 Datum
 lava_worker_state(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[7];
-	bool		nulls[7] = {false};
+	Datum		values[8];
+	bool		nulls[8] = {false};
 	LavaWorkerState copy;
+	pid_t		recorder = LavaOutboxRecorderPid();
 
 	CheckState();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -416,6 +417,8 @@ lava_worker_state(PG_FUNCTION_ARGS)
 	copy.last_error[sizeof(copy.last_error) - 1] = '\0';
 	values[6] = CStringGetTextDatum(copy.last_error);
 	nulls[6] = copy.last_error[0] == '\0';
+	values[7] = Int32GetDatum((int32) recorder);
+	nulls[7] = recorder <= 0;
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

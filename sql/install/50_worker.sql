@@ -487,16 +487,17 @@ $$;
 COMMENT ON FUNCTION lava._purge(integer) IS 'internal (worker): purges finished requests older than lava.request_ttl';
 
 CREATE FUNCTION lava._worker_state(OUT running boolean, OUT pid integer, OUT in_flight bigint, OUT completed bigint,
-								   OUT failed bigint, OUT started_at timestamptz, OUT last_error text)
+								   OUT failed bigint, OUT started_at timestamptz, OUT last_error text,
+								   OUT recorder_pid integer)
 RETURNS record
 AS 'MODULE_PATHNAME', 'lava_worker_state'
 LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION lava._worker_state() IS 'internal: the worker''s state in shared memory';
+COMMENT ON FUNCTION lava._worker_state() IS 'internal: the state of the worker and its recorder in shared memory';
 
 CREATE VIEW lava.worker_status AS
 SELECT s.running, s.pid,
 	   (SELECT pg_catalog.count(*) FROM lava.request_store q WHERE q.status = 'queued') AS queued,
-	   s.in_flight, s.completed, s.failed, s.started_at, s.last_error
+	   s.in_flight, s.completed, s.failed, s.started_at, s.last_error, s.recorder_pid
 FROM lava._worker_state() s;
 COMMENT ON VIEW lava.worker_status IS
-	'what the worker is doing: running, pid, queued, in flight, completed and failed counts since start, last error';
+	'what the worker is doing: running, pid, queued, in flight, completed and failed counts since start, last error, and its recorder''s pid (NULL when none runs)';

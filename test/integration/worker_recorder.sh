@@ -18,7 +18,7 @@
 #     records results itself.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 35
+plan 37
 
 setup() {
 	q "INSERT INTO lava.providers (name, base_url, api_key) VALUES ('rec_oa', 'http://127.0.0.1:$MOCK_PORT/v1', 'sk-r') ON CONFLICT DO NOTHING" >/dev/null
@@ -80,6 +80,7 @@ invariants() {
 worker=$(wait_backend 'lava worker'); ok $? "the worker runs"
 rec=$(wait_backend 'lava recorder'); ok $? "so does its recorder"
 is "$(q "SELECT datname FROM pg_stat_activity WHERE pid = $rec" postgres)" lava_it "the recorder is connected to lava.database"
+is "$(q "SELECT recorder_pid FROM lava.worker_status")" "$rec" "lava.worker_status shows the recorder's pid"
 
 # wait_answered TAG N: waits (10 s at most) until the mock answered N prompts carrying TAG
 wait_answered() {
@@ -155,6 +156,7 @@ is "$(q "SELECT count(*) FROM lava.request_store WHERE request_id IN ($ids) AND 
 q "ALTER SYSTEM SET lava.recorder = off" postgres >/dev/null
 q "SELECT pg_reload_conf()" postgres >/dev/null
 wait_no_backend 'lava recorder'; ok $? "with lava.recorder off the recorder exits"
+is "$(q "SELECT recorder_pid IS NULL FROM lava.worker_status")" t "and lava.worker_status shows none"
 ids=$(load 30 off)
 wait_status "$ids" completed 30; ok $? "and the worker records results itself"
 q "ALTER SYSTEM RESET lava.recorder" postgres >/dev/null
