@@ -61,9 +61,10 @@ extern bool LavaKeyLoadDone(int64 id);
 extern bool LavaKeyLoadAtCap(const pg_uuid_t *key);
 extern int	LavaKeyLoadNearCap(int want, pg_uuid_t **keys, int **rooms);
 
-/* saved SPI plans and SPI checks, for worker.c and record.c (plans.c) */
+/* saved SPI plans, array arguments and SPI checks, for worker.c and record.c (plans.c) */
 extern SPIPlanPtr LavaSavedPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
 extern void LavaCheckSpi(int ret, int expected, const char *what);
+extern Datum LavaMakeArray(Datum *values, bool *nulls, int n, Oid elemtype);
 
 /* the fast paths of lava.prompt and of recording: direct access to lava's tables (direct.c) */
 typedef struct LavaRoute

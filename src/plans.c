@@ -2,14 +2,17 @@
  *
  * plans.c
  *	  SPI helpers of the background worker (worker.c, record.c): statements
- *	  prepared once per process and kept, and the check of what SPI
- *	  returned.  (lava.prompt's fast path uses no SPI: see direct.c.)
+ *	  prepared once per process and kept, the array arguments they take,
+ *	  and the check of what SPI returned.  (lava.prompt's fast path uses no
+ *	  SPI: see direct.c.)
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/lsyscache.h"
 
 #include "lava.h"
 
@@ -47,4 +50,19 @@ LavaCheckSpi(int ret, int expected, const char *what)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("lava: %s failed: %s", what, SPI_result_code_string(ret))));
+}
+
+/* A one-dimensional array of n datums of type elemtype (nulls may be NULL). */
+Datum
+LavaMakeArray(Datum *values, bool *nulls, int n, Oid elemtype)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs, elemtype,
+											  typlen, typbyval, typalign));
 }

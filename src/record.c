@@ -35,21 +35,6 @@ PG_FUNCTION_INFO_V1(lava_record);
 static SPIPlanPtr SettlePlan = NULL;
 static SPIPlanPtr CompletePlan = NULL;
 
-/* A one-dimensional array of n datums of type elemtype (nulls may be NULL). */
-static Datum
-MakeArray(Datum *values, bool *nulls, int n, Oid elemtype)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs, elemtype,
-											  typlen, typbyval, typalign));
-}
-
 /* Settles, notifies and wakes for the requests recorded directly. */
 static void
 SettleRecorded(const LavaSettleRow *rows, int n)
@@ -74,12 +59,12 @@ SettleRecorded(const LavaSettleRow *rows, int n)
 		in_t[i] = Int64GetDatum(rows[i].input_tokens);
 		out_t[i] = Int64GetDatum(rows[i].output_tokens);
 	}
-	values[0] = MakeArray(keys, NULL, n, UUIDOID);
-	values[1] = MakeArray(ats, NULL, n, TIMESTAMPTZOID);
-	values[2] = MakeArray(reservations, NULL, n, NUMERICOID);
-	values[3] = MakeArray(charges, NULL, n, NUMERICOID);
-	values[4] = MakeArray(in_t, NULL, n, INT8OID);
-	values[5] = MakeArray(out_t, NULL, n, INT8OID);
+	values[0] = LavaMakeArray(keys, NULL, n, UUIDOID);
+	values[1] = LavaMakeArray(ats, NULL, n, TIMESTAMPTZOID);
+	values[2] = LavaMakeArray(reservations, NULL, n, NUMERICOID);
+	values[3] = LavaMakeArray(charges, NULL, n, NUMERICOID);
+	values[4] = LavaMakeArray(in_t, NULL, n, INT8OID);
+	values[5] = LavaMakeArray(out_t, NULL, n, INT8OID);
 	LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&SettlePlan,
 												"SELECT lava._settle_many($1::uuid[], $2::timestamptz[], "
 												"$3::numeric[], $4::numeric[], $5::bigint[], $6::bigint[])",
@@ -133,11 +118,11 @@ CompleteRest(const LavaOutcome *items, int n, const bool *done, int64 *completed
 		retries[m] = Float8GetDatum(o->retry_after);
 		m++;
 	}
-	values[0] = MakeArray(ids, NULL, m, INT8OID);
-	values[1] = MakeArray(statuses, NULL, m, INT4OID);
-	values[2] = MakeArray(bodies, body_nulls, m, TEXTOID);
-	values[3] = MakeArray(errors, error_nulls, m, TEXTOID);
-	values[4] = MakeArray(retries, retry_nulls, m, FLOAT8OID);
+	values[0] = LavaMakeArray(ids, NULL, m, INT8OID);
+	values[1] = LavaMakeArray(statuses, NULL, m, INT4OID);
+	values[2] = LavaMakeArray(bodies, body_nulls, m, TEXTOID);
+	values[3] = LavaMakeArray(errors, error_nulls, m, TEXTOID);
+	values[4] = LavaMakeArray(retries, retry_nulls, m, FLOAT8OID);
 	LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&CompletePlan,
 												"SELECT completed, failed, requeued "
 												"FROM lava._complete($1::bigint[], $2::int[], $3::text[], "

@@ -575,8 +575,8 @@ ClaimStep(void *arg)
 	}
 	values[0] = Int32GetDatum(w->want);
 	values[1] = Int32GetDatum(cap);
-	values[2] = PointerGetDatum(construct_array(key_datums, nnear, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-	values[3] = PointerGetDatum(construct_array(room_datums, nnear, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+	values[2] = LavaMakeArray(key_datums, NULL, nnear, UUIDOID);
+	values[3] = LavaMakeArray(room_datums, NULL, nnear, INT4OID);
 	LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&ClaimPlan,
 												"SELECT request_id, spend_key_id, method, url, headers, body, timeout_ms "
 												"FROM lava._claim($1::int, $2::int, $3::uuid[], $4::int[])",
