@@ -116,6 +116,18 @@ RingRead(uint64 pos, void *dst, Size len)
 		memcpy((char *) dst + first, Outbox->data, len - first);
 }
 
+/* The bytes appended and not yet consumed, as head and tail stand now. */
+static uint64
+Used(void)
+{
+	uint64		used;
+
+	SpinLockAcquire(&Outbox->mutex);
+	used = Outbox->head - Outbox->tail;
+	SpinLockRelease(&Outbox->mutex);
+	return used;
+}
+
 /* The room an outcome takes in the ring. */
 static Size
 ItemSize(const LavaOutcome *o)
@@ -184,24 +196,14 @@ LavaOutboxPush(const LavaOutcome *o, Oid ext)
 bool
 LavaOutboxBacklogged(void)
 {
-	uint64		used;
-
-	SpinLockAcquire(&Outbox->mutex);
-	used = Outbox->head - Outbox->tail;
-	SpinLockRelease(&Outbox->mutex);
-	return used >= OUTBOX_BYTES / 2;
+	return Used() >= OUTBOX_BYTES / 2;
 }
 
 /* True when every outcome handed over has been recorded (or dropped). */
 bool
 LavaOutboxEmpty(void)
 {
-	bool		empty;
-
-	SpinLockAcquire(&Outbox->mutex);
-	empty = Outbox->head == Outbox->tail;
-	SpinLockRelease(&Outbox->mutex);
-	return empty;
+	return Used() == 0;
 }
 
 /* Makes this process the consumer; false when another one is. */
@@ -244,9 +246,10 @@ LavaOutboxEndConsume(void)
  * Copies up to max_n outcomes from tail (whose body bytes total at most
  * max_bytes, but at least one), all tagged with the same extension OID,
  * into palloc'd memory; *ext is that OID, or InvalidOid for outcomes of
- * another database (which only a dropped database leaves behind).  ends[i] is the ring position just past item i:
- * the tail to set once items 0..i are recorded.  Returns the number copied;
- * the caller must be the consumer.
+ * another database (which only a dropped database leaves behind).  ends[i]
+ * is the ring position just past item i: the tail to set once items 0..i
+ * are recorded.  Returns the number copied; the caller must be the
+ * consumer.
  */
 int
 LavaOutboxPeek(int max_n, Size max_bytes, LavaOutcome **items, Oid *ext, uint64 **ends)
