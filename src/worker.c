@@ -187,6 +187,21 @@ RecorderExit(int code, Datum arg)
 	LavaOutboxProcessExit();
 }
 
+/*
+ * Creates the memory contexts of either process (the recorder's results
+ * context only serves ExtensionGone, which resets it).
+ */
+static void
+CreateContexts(void)
+{
+	LoopContext = AllocSetContextCreate(TopMemoryContext, "lava loop",
+										ALLOCSET_DEFAULT_SIZES);
+	OutcomeContext = AllocSetContextCreate(TopMemoryContext, "lava results",
+										   ALLOCSET_DEFAULT_SIZES);
+	ConsumeContext = AllocSetContextCreate(TopMemoryContext, "lava outbox batch",
+										   ALLOCSET_DEFAULT_SIZES);
+}
+
 /* Creates the HTTP client and the wait set: latch, postmaster death, curl. */
 static void
 StartHttp(void)
@@ -774,7 +789,8 @@ RecordBatch(LavaOutcome *items, int n, Oid ext, const uint64 *ends)
 				LavaOutboxAdvance(ends[n - 1]);
 			ereport(WARNING,
 					(errcode(ERRCODE_INTERNAL_ERROR),
-					 errmsg("lava worker dropped %d results it could not record", n - i),
+					 errmsg("lava %s dropped %d results it could not record",
+							IsRecorder ? "recorder" : "worker", n - i),
 					 errdetail("Their requests stay 'running' until the worker restarts.")));
 			return r;
 		}
@@ -1221,12 +1237,7 @@ LavaWorkerMain(Datum main_arg)
 	before_shmem_exit(WorkerExit, (Datum) 0);
 	pgstat_report_appname("lava worker");
 
-	LoopContext = AllocSetContextCreate(TopMemoryContext, "lava worker loop",
-										ALLOCSET_DEFAULT_SIZES);
-	OutcomeContext = AllocSetContextCreate(TopMemoryContext, "lava worker results",
-										   ALLOCSET_DEFAULT_SIZES);
-	ConsumeContext = AllocSetContextCreate(TopMemoryContext, "lava worker outbox batch",
-										   ALLOCSET_DEFAULT_SIZES);
+	CreateContexts();
 	StartHttp();
 	LastPurge = GetCurrentTimestamp();
 	ereport(LOG,
@@ -1306,12 +1317,7 @@ LavaRecorderMain(Datum main_arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	IsRecorder = true;
 	before_shmem_exit(RecorderExit, (Datum) 0);
-	LoopContext = AllocSetContextCreate(TopMemoryContext, "lava recorder loop",
-										ALLOCSET_DEFAULT_SIZES);
-	OutcomeContext = AllocSetContextCreate(TopMemoryContext, "lava recorder results",
-										   ALLOCSET_DEFAULT_SIZES);
-	ConsumeContext = AllocSetContextCreate(TopMemoryContext, "lava recorder outbox batch",
-										   ALLOCSET_DEFAULT_SIZES);
+	CreateContexts();
 	LavaOutboxRecorderStarted();
 	/* (named once the worker can hand it outcomes) */
 	pgstat_report_appname("lava recorder");
