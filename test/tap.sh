@@ -60,3 +60,33 @@ await_all() {
 	done
 	return 1
 }
+
+# backend_pid TYPE: the pid of the newest lava background process of TYPE
+# ('lava worker', 'lava recorder'), once it has named itself (it is then ready).
+backend_pid() {
+	q "SELECT pid FROM pg_stat_activity WHERE backend_type = '$1' AND application_name = '$1'
+	   ORDER BY backend_start DESC LIMIT 1" postgres 2>/dev/null
+}
+
+# wait_backend TYPE [NOT_PID [SECONDS]]: prints the pid of a process of TYPE
+# other than NOT_PID, waiting SECONDS (15) at most.
+wait_backend() {
+	local i p
+	for i in $(seq 1 $((${3:-15} * 10))); do
+		p=$(backend_pid "$1")
+		[ -n "$p" ] && [ "$p" != "$2" ] && { echo "$p"; return 0; }
+		sleep 0.1
+	done
+	return 1
+}
+
+# wait_server [SECONDS [DB]]: waits SECONDS (30) at most until the server
+# accepts connections to DB (postgres) again, after a crash or a restart.
+wait_server() {
+	local i
+	for i in $(seq 1 $((${1:-30} * 10))); do
+		psql -X -qAt -d "${2:-postgres}" -c "SELECT 1" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	return 1
+}

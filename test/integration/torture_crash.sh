@@ -44,25 +44,6 @@ created=$(q "SELECT lava.create_spend_key('{\"name\": \"torture crash $run\", \"
 key=$(q "SELECT '$created'::jsonb ->> 'key'")
 kid=$(q "SELECT '$created'::jsonb ->> 'spend_key_id'")
 
-worker_pid() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lava worker'" postgres 2>/dev/null; }
-wait_server() {
-	local i
-	for i in $(seq 1 1200); do
-		psql -X -qAt -d $TEST_DB -c "SELECT 1" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	return 1
-}
-wait_worker() { # OLD_PID: waits for a worker whose pid differs
-	local i p
-	for i in $(seq 1 1200); do
-		p=$(worker_pid)
-		[ -n "$p" ] && [ "$p" != "$1" ] && { echo "$p"; return 0; }
-		sleep 0.1
-	done
-	return 1
-}
-
 # the enqueuer: batch b holds prompts b*100+1 .. b*100+100, tagged in metadata
 # and in the text (#id, for the mock's log); in/out tokens vary per prompt
 enqueue_batch() {
@@ -82,7 +63,7 @@ enqueuer() { # ROUND I: the I-th of ENQUEUERS queues the run's batches I, I + EN
 				break
 			fi
 			# failed or in doubt: is the batch there?
-			wait_server
+			wait_server 120 "$TEST_DB"
 			got=$(q "SELECT count(*) FROM lava.request_store WHERE spend_key_id = '$kid' AND metadata ->> 'b' = '$b'" 2>/dev/null)
 			if [ "$got" = "$BATCH" ]; then
 				echo "$b" >>"$dir/confirmed"
@@ -153,7 +134,7 @@ batches_sql() {
 			WHERE spend_key_id = '$kid' GROUP BY 1 HAVING count(*) <> $BATCH) x HAVING count(*) > 0))"
 }
 
-pid=$(wait_worker ""); ok $? "the worker runs"
+pid=$(wait_backend 'lava worker' "" 120); ok $? "the worker runs"
 t0=$(date +%s)
 # crash KIND CHECKPOINT_DESC: one crash, the wait for recovery, and the checks
 crash() {
@@ -170,7 +151,7 @@ crash() {
 		as_postgres "$PGBIN/pg_ctl" -D "$LAVA_TEST_DIR/data" -l "$LAVA_TEST_DIR/server.log" -w -t 60 start >/dev/null 2>&1
 	fi
 	diag "$2 at +$(($(date +%s) - t0))s: $what; just before: $state"
-	wait_server && newpid=$(wait_worker "$pid")
+	wait_server 120 "$TEST_DB" && newpid=$(wait_backend 'lava worker' "$pid" 120)
 	ok $? "$2 ($what): the server and the worker are back"
 	pid=${newpid:-$pid}
 	is "$(q "$check_sql")" "" "$2: the accounting is consistent after recovery"

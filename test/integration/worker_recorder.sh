@@ -29,30 +29,11 @@ setup() {
 }
 setup
 
-# (a worker or recorder names itself once it is ready)
-backend_pid() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = '$1' AND application_name = '$1' ORDER BY backend_start DESC LIMIT 1" postgres 2>/dev/null; }
-# wait_backend TYPE [NOT_PID]: prints the pid of a backend of TYPE other than NOT_PID (15 s at most)
-wait_backend() {
-	local i p
-	for i in $(seq 1 150); do
-		p=$(backend_pid "$1")
-		[ -n "$p" ] && [ "$p" != "$2" ] && { echo "$p"; return 0; }
-		sleep 0.1
-	done
-	return 1
-}
+# wait_no_backend TYPE: waits (15 s at most) until no process of TYPE runs
 wait_no_backend() {
 	local i
 	for i in $(seq 1 150); do
 		[ -z "$(backend_pid "$1")" ] && return 0
-		sleep 0.1
-	done
-	return 1
-}
-wait_server() {
-	local i
-	for i in $(seq 1 300); do
-		psql -X -qAt -d postgres -c "SELECT 1" >/dev/null 2>&1 && return 0
 		sleep 0.1
 	done
 	return 1

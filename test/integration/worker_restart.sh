@@ -11,24 +11,6 @@ q "INSERT INTO lava.models VALUES ('crash_oa', 'gpt-crash', 1, 1, 10) ON CONFLIC
 created=$(q "SELECT lava.create_spend_key('{\"name\": \"crash\", \"spend_limit\": {\"amount\": \"100\", \"cycle\": \"total\"}}')")
 key=$(q "SELECT '$created'::jsonb ->> 'key'")
 kid=$(q "SELECT '$created'::jsonb ->> 'spend_key_id'")
-worker_pid() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lava worker'" postgres 2>/dev/null; }
-wait_worker() {
-	local i p
-	for i in $(seq 1 150); do
-		p=$(worker_pid)
-		[ -n "$p" ] && [ "$p" != "$1" ] && { echo "$p"; return 0; }
-		sleep 0.1
-	done
-	return 1
-}
-wait_server() {
-	local i
-	for i in $(seq 1 300); do
-		psql -X -qAt -d postgres -c "SELECT 1" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	return 1
-}
 load() { q "SELECT count(lava.prompt('gpt-crash', '#latency_ms=1000 #in=5 #out=5 n' || g, '{}', '$key')) FROM generate_series(1, $1) g"; }
 invariants() {
 	await_all; ok $? "$1: every request reached a terminal state"
@@ -40,9 +22,9 @@ invariants() {
 			 FROM lava.spend_key_store k WHERE spend_key_id = '$kid'")" t "$1: key spend = sum of request costs = ledger, nothing reserved (none charged twice)"
 }
 
-pid=$(wait_worker ""); ok $? "the worker runs"
+pid=$(wait_backend 'lava worker' ""); ok $? "the worker runs"
 q "SELECT pg_terminate_backend($pid)" postgres >/dev/null
-pid2=$(wait_worker "$pid"); ok $? "it restarts after pg_terminate_backend"
+pid2=$(wait_backend 'lava worker' "$pid"); ok $? "it restarts after pg_terminate_backend"
 
 load 150 >/dev/null
 sleep 0.4
@@ -51,7 +33,7 @@ kill -9 "$pid2"
 diag "$inflight requests were running when the worker was killed"
 [ "$inflight" -gt 0 ]; ok $? "requests were in flight at the kill"
 wait_server; ok $? "after kill -9 of the worker under load, the server is back"
-pid3=$(wait_worker "$pid2"); ok $? "and so is the worker"
+pid3=$(wait_backend 'lava worker' "$pid2"); ok $? "and so is the worker"
 invariants "kill -9"
 is "$(q "SELECT count(*) > 0 FROM lava.request_store WHERE error LIKE '%interrupted by a worker restart%' OR attempts > 1")" t \
 	"the crash rule requeued the interrupted requests"
