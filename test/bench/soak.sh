@@ -9,8 +9,9 @@
 # every SOAK_SAMPLE (10) s.
 #
 # It fails (exit 1) when
-#   - the worker's or the recorder's memory grows after the warm-up (the first third: the
-#     connection cache and the pools fill up to the peak concurrency seen):
+#   - the worker's or the recorder's memory grows after the warm-up (the
+#     first third: the connection cache and the pools fill up to the peak
+#     concurrency seen):
 #     the mean of the last 5 samples exceeds the mean of the 5 samples
 #     after the first third by more than 10% (a leak of 20% over the run
 #     fails this; the old "last third / first third <= 1.2x" passed it, yet
@@ -96,7 +97,7 @@ growth() {
 }
 n=$(wc -l <"$WORK/rss.soak")
 read -r start warm last < <(growth "$WORK/rss.soak")
-read -r rstart rwarm rlast < <(growth "$WORK/rss.soak.recorder")
+read -r _ rwarm rlast < <(growth "$WORK/rss.soak.recorder")
 for f in rss.soak rss.soak.recorder; do
 	echo "  $([ "$f" = rss.soak ] && echo worker || echo recorder) memory samples (MB, RssAnon + RssFile; VmRSS in brackets):"
 	awk '{ printf "    %s%.1f (%.1f)", (NR % 8 == 1 && NR > 1 ? "\n    " : ""), ($3 + $4) / 1024, $2 / 1024 } END { print "" }' "$WORK/$f" |
