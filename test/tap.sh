@@ -90,3 +90,60 @@ wait_server() {
 	done
 	return 1
 }
+
+# wait_no_backend TYPE: waits (15 s at most) until no process of TYPE runs
+wait_no_backend() {
+	local i
+	for i in $(seq 1 150); do
+		[ -z "$(backend_pid "$1")" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# count_status IDS STATUS: how many of the requests IDS (a SQL list) have STATUS
+count_status() { q "SELECT count(*) FILTER (WHERE status = '$2') FROM lava.request_store WHERE request_id IN ($1)"; }
+# wait_status IDS STATUS N: waits (20 s at most) until N of IDS have STATUS
+wait_status() {
+	local i
+	for i in $(seq 1 200); do
+		[ "$(count_status "$1" "$2")" = "$3" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# mock_count TAG: how many requests the mock upstream received with TAG in their body
+mock_count() { mock_log "'$1' in json.dumps(r['body'])" | /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
+
+# wait_answered TAG N: waits (10 s at most) until the mock answered N prompts carrying TAG
+wait_answered() {
+	local i
+	for i in $(seq 1 100); do
+		[ "$(mock_count "$1")" = "$2" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# wait_handed: waits (10 s at most) until the worker has no call in flight:
+# it has taken every answer and handed it over (in the same loop turn)
+wait_handed() {
+	local i
+	for i in $(seq 1 100); do
+		[ "$(q "SELECT in_flight FROM lava.worker_status")" = 0 ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# mock_key NAME: a provider NAME_oa on the mock upstream, its model gpt-NAME
+# (1 and 1 per million tokens, at most 10 out), and a spend key NAME with a
+# total spend limit of 100; sets key (the plaintext) and kid (its id)
+mock_key() {
+	q "INSERT INTO lava.providers (name, base_url, api_key) VALUES ('$1_oa', 'http://127.0.0.1:$MOCK_PORT/v1', 'sk-$1') ON CONFLICT DO NOTHING" >/dev/null
+	q "INSERT INTO lava.models VALUES ('$1_oa', 'gpt-$1', 1, 1, 10) ON CONFLICT DO NOTHING" >/dev/null
+	created=$(q "SELECT lava.create_spend_key('{\"name\": \"$1\", \"spend_limit\": {\"amount\": \"100\", \"cycle\": \"total\"}}')")
+	key=$(q "SELECT '$created'::jsonb ->> 'key'")
+	kid=$(q "SELECT '$created'::jsonb ->> 'spend_key_id'")
+}

@@ -20,36 +20,11 @@
 export TEST_DB=lava_it
 plan 37
 
-setup() {
-	q "INSERT INTO lava.providers (name, base_url, api_key) VALUES ('rec_oa', 'http://127.0.0.1:$MOCK_PORT/v1', 'sk-r') ON CONFLICT DO NOTHING" >/dev/null
-	q "INSERT INTO lava.models VALUES ('rec_oa', 'gpt-rec', 1, 1, 10) ON CONFLICT DO NOTHING" >/dev/null
-	created=$(q "SELECT lava.create_spend_key('{\"name\": \"recorder\", \"spend_limit\": {\"amount\": \"100\", \"cycle\": \"total\"}}')")
-	key=$(q "SELECT '$created'::jsonb ->> 'key'")
-	kid=$(q "SELECT '$created'::jsonb ->> 'spend_key_id'")
-}
+setup() { mock_key rec; }
 setup
 
-# wait_no_backend TYPE: waits (15 s at most) until no process of TYPE runs
-wait_no_backend() {
-	local i
-	for i in $(seq 1 150); do
-		[ -z "$(backend_pid "$1")" ] && return 0
-		sleep 0.1
-	done
-	return 1
-}
 # load N TAG: N prompts (answered at once by the mock), their ids as a SQL list
 load() { q "SELECT string_agg(lava.prompt('gpt-rec', '#in=5 #out=5 $2 ' || g, '{}', '$key')::text, ',') FROM generate_series(1, $1) g"; }
-count_status() { q "SELECT count(*) FILTER (WHERE status = '$2') FROM lava.request_store WHERE request_id IN ($1)"; }
-# wait_status IDS STATUS N: waits (20 s at most) until N of IDS have STATUS
-wait_status() {
-	local i
-	for i in $(seq 1 200); do
-		[ "$(count_status "$1" "$2")" = "$3" ] && return 0
-		sleep 0.1
-	done
-	return 1
-}
 invariants() {
 	await_all; ok $? "$1: every request reached a terminal state"
 	is "$(q "SELECT k.total_spend = COALESCE((SELECT sum(cost) FROM lava.request_store r WHERE r.spend_key_id = k.spend_key_id), 0)
@@ -62,27 +37,6 @@ worker=$(wait_backend 'lava worker'); ok $? "the worker runs"
 rec=$(wait_backend 'lava recorder'); ok $? "so does its recorder"
 is "$(q "SELECT datname FROM pg_stat_activity WHERE pid = $rec" postgres)" lava_it "the recorder is connected to lava.database"
 is "$(q "SELECT recorder_pid FROM lava.worker_status")" "$rec" "lava.worker_status shows the recorder's pid"
-
-# wait_answered TAG N: waits (10 s at most) until the mock answered N prompts carrying TAG
-wait_answered() {
-	local i
-	for i in $(seq 1 100); do
-		[ "$(mock_log "'$1' in json.dumps(r['body'])" | /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" = "$2" ] && return 0
-		sleep 0.1
-	done
-	return 1
-}
-
-# wait_handed: waits (10 s at most) until the worker has no call in flight:
-# it has taken every answer and handed it over (in the same loop turn)
-wait_handed() {
-	local i
-	for i in $(seq 1 100); do
-		[ "$(q "SELECT in_flight FROM lava.worker_status")" = 0 ] && return 0
-		sleep 0.1
-	done
-	return 1
-}
 
 # 1. the recording is the recorder's: stopped, the answers wait for it
 kill -STOP "$rec"
@@ -130,8 +84,7 @@ kill -CONT "$rec2"
 worker=$(wait_backend 'lava worker' "$worker"); ok $? "a new worker starts"
 wait_status "$ids" completed 20; ok $? "and records the 20 answers the outbox held"
 sleep 0.5
-is "$(q "SELECT count(*) FROM lava.request_store WHERE request_id IN ($ids) AND attempts = 1")/$(mock_log "'both-gone' in json.dumps(r['body'])" |
-	/usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" "20/20" "each after one attempt, sent once"
+is "$(q "SELECT count(*) FROM lava.request_store WHERE request_id IN ($ids) AND attempts = 1")/$(mock_count both-gone)" "20/20" "each after one attempt, sent once"
 
 # 3. lava.recorder = off: no recorder, the worker records
 q "ALTER SYSTEM SET lava.recorder = off" postgres >/dev/null

@@ -6,11 +6,7 @@
 export TEST_DB=lava_it
 plan 13
 
-q "INSERT INTO lava.providers (name, base_url, api_key) VALUES ('crash_oa', 'http://127.0.0.1:$MOCK_PORT/v1', 'sk-c') ON CONFLICT DO NOTHING" >/dev/null
-q "INSERT INTO lava.models VALUES ('crash_oa', 'gpt-crash', 1, 1, 10) ON CONFLICT DO NOTHING" >/dev/null
-created=$(q "SELECT lava.create_spend_key('{\"name\": \"crash\", \"spend_limit\": {\"amount\": \"100\", \"cycle\": \"total\"}}')")
-key=$(q "SELECT '$created'::jsonb ->> 'key'")
-kid=$(q "SELECT '$created'::jsonb ->> 'spend_key_id'")
+mock_key crash
 load() { q "SELECT count(lava.prompt('gpt-crash', '#latency_ms=1000 #in=5 #out=5 n' || g, '{}', '$key')) FROM generate_series(1, $1) g"; }
 invariants() {
 	await_all; ok $? "$1: every request reached a terminal state"
