@@ -30,6 +30,7 @@ int			lava_request_ttl_s = 7 * 24 * 3600;
 int			lava_max_rate_limited_keys = 10000;
 int			lava_max_key_concurrency = 0;
 bool		lava_recorder = true;
+int			lava_stop_timeout_ms = 5000;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -126,6 +127,12 @@ _PG_init(void)
 							 "With it the worker's claiming and sending and the recording of results run on two cores; without it the worker records them itself.",
 							 &lava_recorder, true,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lava.stop_timeout",
+							"How long the worker, asked to stop, waits for its calls in flight and records their answers.",
+							"A server shutdown or pg_terminate_backend() asks the worker to stop. It then claims nothing more, and until this timeout records every answer, so that a restart sends none of those requests again; calls still unanswered then are sent again. 0 stops at once.",
+							&lava_stop_timeout_ms, 5000, 0, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("lava");
 

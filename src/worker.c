@@ -28,6 +28,11 @@
  * the transaction that recorded it commits, so stopping the recorder loses
  * nothing: the worker, or the next recorder, records what it left.
  *
+ * On SIGTERM (a server shutdown, pg_terminate_backend) the worker claims
+ * nothing more and, for up to lava.stop_timeout, waits for its calls in
+ * flight and records every answer before it exits (StopWorker), so that a
+ * clean stop sends nothing twice.
+ *
  * No HTTP call is made, and nothing waits, inside a transaction; no
  * transaction or lock is held between steps, so DROP EXTENSION waits at
  * most for one short step.  When the extension is absent the worker calls
@@ -91,6 +96,7 @@
 #define OUTBOX_WAIT_MS 10		/* recovery waits for the outbox to empty */
 #define LINGER_MS 5				/* most a finished call waits for others to share
 								 * its transaction */
+#define STOP_RETRY_MS 10		/* stopping: try recording again after */
 
 /* A request claimed by lava._claim, copied out of SPI, not yet submitted. */
 typedef struct Claimed
@@ -161,6 +167,9 @@ static bool OutboxCallbackRegistered = false;
 static BackgroundWorkerHandle *Recorder = NULL; /* the worker's recorder */
 static TimestampTz RecorderRetryAt = 0; /* start it again no sooner */
 static bool RecorderSlotMissing = false; /* the last start found no slot */
+static volatile sig_atomic_t StopRequested = false; /* SIGTERM came */
+static volatile sig_atomic_t InStep = false;	/* RunStep is running a step */
+static TimestampTz StopDeadline = 0;	/* stopping: no step after, nor lock wait */
 
 static bool InBackoff(void);
 
@@ -178,6 +187,26 @@ WorkerExit(int code, Datum arg)
 		TerminateBackgroundWorker(Recorder);
 	LavaOutboxProcessExit();
 	LavaStateWorkerStopped();
+}
+
+/*
+ * The worker's SIGTERM handler: it stops at the top of its loop, after
+ * recording what was answered (StopWorker).  A step running now is
+ * cancelled, as a statement would be, so that no lock wait delays the stop.
+ */
+static void
+HandleStopRequest(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	StopRequested = true;
+	if (InStep)
+	{
+		QueryCancelPending = true;
+		InterruptPending = true;
+	}
+	SetLatch(MyLatch);
+	errno = save_errno;
 }
 
 /* Clears the recorder's shared state when it exits. */
@@ -384,7 +413,19 @@ RunStep(const char *activity, StepFunction fn, void *arg)
 {
 	volatile StepResult result = STEP_DONE;
 
+	if (StopDeadline != 0)
+	{
+		/* stopping: lock waits end at the deadline, and nothing starts after it */
+		long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), StopDeadline);
+		char		buf[32];
+
+		if (ms <= 0)
+			return STEP_FAILED;
+		snprintf(buf, sizeof(buf), "%ld", ms);
+		SetConfigOption("lock_timeout", buf, PGC_SUSET, PGC_S_SESSION);
+	}
 	SetCurrentStatementStartTimestamp();
+	InStep = true;
 	StartTransactionCommand();
 	PG_TRY();
 	{
@@ -418,18 +459,25 @@ RunStep(const char *activity, StepFunction fn, void *arg)
 
 		HOLD_INTERRUPTS();
 		MemoryContextSwitchTo(LoopContext);
-		EmitErrorReport();
 		edata = CopyErrorData();
+		/* cancelled by a stop request: no error, the stop goes on */
+		if (!(StopRequested && edata->sqlerrcode == ERRCODE_QUERY_CANCELED))
+		{
+			EmitErrorReport();
+			LavaStateSetLastError(edata->message);
+			BackoffUntil = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   ERROR_BACKOFF_MS);
+		}
 		FlushErrorState();
 		AbortCurrentTransaction();
 		RESUME_INTERRUPTS();
-		LavaStateSetLastError(edata->message);
 		FreeErrorData(edata);
-		BackoffUntil = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												   ERROR_BACKOFF_MS);
 		result = STEP_FAILED;
 	}
 	PG_END_TRY();
+	InStep = false;
+	if (StopRequested)
+		QueryCancelPending = false; /* it came too late to cancel the step */
 	MemoryContextSwitchTo(LoopContext);
 	pgstat_report_stat(true);
 	pgstat_report_activity(STATE_IDLE, NULL);
@@ -761,7 +809,8 @@ RecordBatch(LavaOutcome *items, int n, Oid ext, const uint64 *ends)
 	StepResult	r = CompleteBatch(items, n, ext, ends != NULL ? ends[n - 1] : 0);
 	int			i;
 
-	if (r != STEP_FAILED)
+	/* (while stopping, a failure is a lock timeout: the items stay for later) */
+	if (r != STEP_FAILED || StopRequested)
 		return r;
 	for (i = 0; i < n; i++)
 	{
@@ -815,6 +864,7 @@ RecordOutcomes(void)
 	{
 		int			n = 0;
 		Size		bytes = 0;
+		StepResult	r;
 
 		while (start + n < NumOutcomes && n < BATCH_MAX)
 		{
@@ -826,8 +876,17 @@ RecordOutcomes(void)
 			bytes += size;
 			n++;
 		}
-		if (RecordBatch(&Outcomes[start], n, KnownExtOid, NULL) == STEP_NO_EXTENSION)
+		r = RecordBatch(&Outcomes[start], n, KnownExtOid, NULL);
+		if (r == STEP_NO_EXTENSION)
 			break;				/* ExtensionGone dropped them all */
+		if (r == STEP_FAILED && StopRequested)
+		{
+			/* keep the rest for StopWorker's next try */
+			memmove(Outcomes, Outcomes + start, sizeof(LavaOutcome) * (NumOutcomes - start));
+			NumOutcomes -= start;
+			LavaOutboxEndConsume();
+			return;
+		}
 		start += n;
 	}
 	ResetOutcomes();
@@ -1137,6 +1196,8 @@ WaitForDatabase(void)
 	for (;;)
 	{
 		CHECK_FOR_INTERRUPTS();
+		if (StopRequested)
+			proc_exit(1);
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -1222,12 +1283,97 @@ WaitForWork(long timeout)
 	}
 }
 
+/*
+ * Stops the worker after SIGTERM (a server shutdown, pg_terminate_backend):
+ * it claims nothing more and, for up to lava.stop_timeout, waits for its
+ * calls in flight and records every answer, the outbox's included, so that
+ * a restart sends none of those requests again.  Lock waits end at the
+ * deadline too.  Answers still unrecorded then stay in the outbox for the
+ * next worker (a server stop loses them), and calls still in flight are
+ * dropped: the next worker's recovery sends them again.  Never returns.
+ */
+static void
+StopWorker(void)
+{
+	int			in_flight = LavaHttpInFlight(Http);
+
+	StopDeadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), lava_stop_timeout_ms);
+
+	/* it exits on SIGTERM, leaving the outbox to this process */
+	if (Recorder != NULL)
+		TerminateBackgroundWorker(Recorder);
+	if (lava_stop_timeout_ms > 0 && in_flight > 0)
+		ereport(LOG,
+				(errmsg("lava worker is stopping and waits up to %d ms for %d calls in flight",
+						lava_stop_timeout_ms, in_flight)));
+
+	for (;;)
+	{
+		long		remaining;
+		long		timeout;
+		bool		unrecorded;
+
+		MemoryContextReset(LoopContext);
+		MemoryContextSwitchTo(LoopContext);
+		LavaHttpDrive(Http);
+		TakeResults();
+		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), StopDeadline);
+		if (remaining <= 0)
+			break;
+
+		unrecorded = NumOutcomes > 0 || !LavaOutboxEmpty();
+		if (unrecorded && LavaOutboxMayConsume())
+		{
+			/* (RunStep bounds their lock waits by the deadline) */
+			BackoffUntil = 0;
+			if (NumOutcomes > 0)
+				RecordOutcomes();
+			BackoffUntil = 0;
+			ConsumeOutbox();
+			unrecorded = NumOutcomes > 0 || !LavaOutboxEmpty();
+		}
+		if (!unrecorded && LavaHttpInFlight(Http) == 0)
+			break;
+
+		/* wait for an answer, or for the recorder to let the outbox go */
+		timeout = remaining;
+		if (LavaHttpTimeoutMs(Http) >= 0)
+			timeout = Min(timeout, LavaHttpTimeoutMs(Http));
+		if (unrecorded)
+			timeout = Min(timeout, STOP_RETRY_MS);
+		WaitForWork(timeout);
+	}
+
+	/* what could not be recorded waits in the outbox for the next worker */
+	if (NumOutcomes > 0)
+		HandOff();
+	in_flight = LavaHttpInFlight(Http);
+	if ((NumOutcomes > 0 || !LavaOutboxEmpty()) && lava_stop_timeout_ms == 0)
+		ereport(LOG,
+				(errmsg("lava worker stopped at once (lava.stop_timeout is 0) and left answers unrecorded"),
+				 errdetail("The next worker records them, unless the server stops first: their requests are then sent again.")));
+	else if (NumOutcomes > 0 || !LavaOutboxEmpty())
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("lava worker stopped before it could record every answer"),
+				 errdetail("The next worker records them, unless the server stops first: their requests are then sent again."),
+				 errhint("Look for a transaction that holds spend key rows locked, or raise lava.stop_timeout.")));
+	if (in_flight > 0)
+		ereport(LOG,
+				(errmsg("lava worker stopped with %d calls in flight", in_flight),
+				 errdetail("The next worker sends their requests again.")));
+	else
+		ereport(LOG,
+				(errmsg("lava worker stopped")));
+	proc_exit(1);
+}
+
 /* The worker's entry point (bgw_function_name). */
 void
 LavaWorkerMain(Datum main_arg)
 {
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
+	pqsignal(SIGTERM, HandleStopRequest);
 	BackgroundWorkerUnblockSignals();
 
 	if (LavaStateBeginConnect())
@@ -1256,6 +1402,8 @@ LavaWorkerMain(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 			LavaHttpSetMaxConnections(Http, lava_max_concurrency);
 		}
+		if (StopRequested)
+			StopWorker();
 		if (LavaStateLeaveRequested(MyProcPid))
 		{
 			ereport(LOG,

@@ -6,8 +6,9 @@
 #   - while answers wait for it, the worker claims no more;
 #   - terminated while it holds answers, the worker records them itself and
 #     starts a new recorder;
-#   - when the worker is terminated too, the next worker records what the
-#     outbox holds before its start-up recovery, so nothing is sent twice;
+#   - when the worker is terminated too, it records what the outbox holds
+#     before it exits, so nothing is sent twice (worker_stop.sh has the
+#     case where it cannot, and the next worker records them);
 #   - with lava.recorder off no recorder runs and the worker records;
 #   - kill -9 of the recorder under load restarts the server; afterwards
 #     every request is terminal, none was charged twice, and the key
@@ -18,7 +19,7 @@
 #     records results itself.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 37
+plan 38
 
 setup() { mock_key rec; }
 setup
@@ -75,14 +76,17 @@ is "$(q "SELECT max(completed_at) < (SELECT backend_start FROM pg_stat_activity 
 is "$(backend_pid 'lava worker')" "$worker" "the worker itself kept running"
 
 # 2b. the worker and the recorder both terminated with answers in the outbox:
-# the next worker records them before it recovers, and sends none again
+# the worker records them before it exits, and none is sent again
 kill -STOP "$rec2"
 ids=$(load 20 both-gone)
 wait_answered both-gone 20 && wait_handed
 q "SELECT pg_terminate_backend($worker)" postgres >/dev/null
 kill -CONT "$rec2"
-worker=$(wait_backend 'lava worker' "$worker"); ok $? "a new worker starts"
-wait_status "$ids" completed 20; ok $? "and records the 20 answers the outbox held"
+new=$(wait_backend 'lava worker' "$worker"); ok $? "a new worker starts"
+wait_status "$ids" completed 20; ok $? "the 20 answers the outbox held are recorded"
+is "$(q "SELECT max(completed_at) < (SELECT backend_start FROM pg_stat_activity WHERE pid = $new)
+		 FROM lava.request_store WHERE request_id IN ($ids)")" t "by the terminated worker, before it exited"
+worker=$new
 sleep 0.5
 is "$(q "SELECT count(*) FROM lava.request_store WHERE request_id IN ($ids) AND attempts = 1")/$(mock_count both-gone)" "20/20" "each after one attempt, sent once"
 

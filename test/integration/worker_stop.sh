@@ -1,0 +1,154 @@
+# worker_stop.sh: a worker asked to stop (a server shutdown,
+# pg_terminate_backend) claims nothing more and, for up to
+# lava.stop_timeout, waits for its calls in flight and records every
+# answer, the outbox's included, so that a restart sends none of them again:
+#   - pg_ctl stop -m fast with 30 answers waiting for a stopped recorder and
+#     40 calls in flight for 1.5 s: after the restart all 70 are completed
+#     after one attempt, and the upstream saw each once;
+#   - calls slower than lava.stop_timeout are dropped at the deadline, and
+#     sent again after the restart;
+#   - while a transaction holds the key's row locked, the stop gives up at
+#     the deadline and says so; the answers stay in the outbox, and the
+#     next worker records them, before its start-up recovery, once the lock
+#     is gone: none is sent again;
+#   - lava.stop_timeout = 0 stops at once: answers not yet recorded are
+#     lost with the server, and their requests sent again;
+#   - values out of range are refused with 22023 and change nothing.
+. "$LAVA_ROOT/test/tap.sh"
+export TEST_DB=lava_it
+plan 36
+
+data="$LAVA_TEST_DIR/data"
+log="$LAVA_TEST_DIR/server.log"
+
+mock_key stop
+
+# load N TAG [LATENCY_MS]: N prompts, answered after LATENCY_MS; their ids as a SQL list
+load() { q "SELECT string_agg(lava.prompt('gpt-stop', '#latency_ms=${3:-0} #in=5 #out=5 $2 ' || g, '{}', '$key')::text, ',') FROM generate_series(1, $1) g"; }
+# summary IDS: "N status/attempts" for each kind of those requests
+summary() {
+	q "SELECT string_agg(n || ' ' || status || '/' || attempts, ', ' ORDER BY status, attempts)
+	   FROM (SELECT status, attempts, count(*) AS n FROM lava.request_store
+			 WHERE request_id IN ($1) GROUP BY 1, 2) s"
+}
+# gone PID: waits (15 s at most) until process PID has exited
+gone() {
+	local i
+	for i in $(seq 1 150); do
+		kill -0 "$1" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	return 1
+}
+log_pos() { stat -c %s "$log"; }
+# log_has OFFSET TEXT: whether the server log has TEXT past byte OFFSET
+log_has() { tail -c "+$(($1 + 1))" "$log" | grep -qF "$2"; }
+stop_server() { as_postgres "$PGBIN/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null 2>&1; }
+start_server() { as_postgres "$PGBIN/pg_ctl" -D "$data" -l "$log" -w -t 60 start >/dev/null 2>&1 && wait_server; }
+set_stop_timeout() {
+	q "ALTER SYSTEM SET lava.stop_timeout = $1" postgres >/dev/null &&
+		q "SELECT pg_reload_conf()" postgres >/dev/null
+}
+
+# 1. a fast shutdown with answers waiting for a stopped recorder and calls in flight
+worker=$(wait_backend 'lava worker'); ok $? "the worker runs"
+rec=$(wait_backend 'lava recorder'); ok $? "and its recorder"
+kill -STOP "$rec"
+answered=$(load 30 answered)
+wait_answered answered 30 && wait_handed
+is "$(summary "$answered")" "30 running/1" "30 answers wait in the outbox of a stopped recorder"
+slow=$(load 40 slow 1500)
+wait_answered slow 40; ok $? "40 calls answered after 1.5 s are in flight"
+pos=$(log_pos)
+stop_server &
+stopper=$!
+gone "$worker"; ok $? "pg_ctl stop -m fast: the worker exits"
+kill -CONT "$rec"
+wait "$stopper"; ok $? "and the server stops"
+log_has "$pos" "lava worker is stopping and waits up to 5000 ms for 40 calls in flight"
+ok $? "the worker said it waits for its calls (server log)"
+start_server; ok $? "the server starts again"
+is "$(summary "$answered")" "30 completed/1" "the 30 answers the outbox held were recorded before the stop"
+is "$(summary "$slow")" "40 completed/1" "the 40 calls in flight were awaited and recorded"
+wait_backend 'lava recorder' >/dev/null
+sleep 0.5
+is "$(mock_count answered)/$(mock_count slow)" "30/40" "after the restart none was sent again"
+
+# 2. calls slower than lava.stop_timeout: dropped at the deadline, sent again
+set_stop_timeout "'1s'"
+beyond=$(load 20 beyond 4000)
+wait_answered beyond 20; ok $? "20 calls answered after 4 s are in flight"
+pos=$(log_pos)
+stop_server; ok $? "with lava.stop_timeout = 1s the server stops"
+log_has "$pos" "lava worker stopped with 20 calls in flight"
+ok $? "the worker said it dropped 20 calls in flight (server log)"
+start_server; ok $? "the server starts again"
+wait_status "$beyond" completed 20; ok $? "the 20 requests complete after the restart"
+is "$(summary "$beyond")/$(mock_count beyond)" "20 completed/2/40" "each was sent again once: the stop did not wait past its timeout"
+
+# 3. a transaction holds the key's row: the stop gives up at the deadline,
+# and the next worker records the answers once the lock is gone
+worker=$(wait_backend 'lava worker')
+rec=$(wait_backend 'lava recorder'); ok $? "a recorder runs"
+kill -STOP "$rec"
+locked=$(load 20 locked)
+wait_answered locked 20 && wait_handed
+psql -X -qAt -d lava_it -c "BEGIN" \
+	-c "SELECT 1 FROM lava.spend_key_store WHERE spend_key_id = '$kid' FOR UPDATE" \
+	-c "SELECT pg_sleep(8)" -c "COMMIT" >/dev/null &
+holder=$!
+for i in $(seq 1 50); do
+	[ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(8)' AND state = 'active'" postgres)" = 1 ] && break
+	sleep 0.1
+done
+pos=$(log_pos)
+q "SELECT pg_terminate_backend($worker)" postgres >/dev/null
+gone "$worker"; ok $? "terminated, the worker exits"
+kill -0 "$holder" 2>/dev/null; ok $? "while the key's row is still locked: the stop gave up at lava.stop_timeout"
+kill -CONT "$rec"
+log_has "$pos" "lava worker stopped before it could record every answer"
+ok $? "and said so (server log)"
+is "$(summary "$locked")" "20 running/1" "the 20 answers wait in the outbox, unrecorded"
+new=$(wait_backend 'lava worker' "$worker"); ok $? "a new worker starts"
+wait "$holder"
+wait_status "$locked" completed 20; ok $? "once the lock is gone, the 20 are recorded"
+sleep 0.5
+is "$(summary "$locked")/$(mock_count locked)" "20 completed/1/20" "after one attempt: none was sent again"
+is "$(q "SELECT max(completed_at) < (SELECT backend_start FROM pg_stat_activity WHERE pid = $(wait_backend 'lava recorder' "$rec"))
+		 FROM lava.request_store WHERE request_id IN ($locked)")" t "by the new worker, before it started its recorder"
+
+# 4. lava.stop_timeout = 0: the worker stops at once
+set_stop_timeout 0
+rec=$(wait_backend 'lava recorder')
+worker=$(wait_backend 'lava worker')
+kill -STOP "$rec"
+zero=$(load 20 zero)
+wait_answered zero 20 && wait_handed
+pos=$(log_pos)
+stop_server &
+stopper=$!
+gone "$worker"; ok $? "with lava.stop_timeout = 0 the worker exits"
+kill -CONT "$rec"
+log_has "$pos" "lava worker stopped at once (lava.stop_timeout is 0) and left answers unrecorded"
+ok $? "and said it left answers unrecorded (server log)"
+wait "$stopper" && start_server; ok $? "the server stops and starts again"
+wait_status "$zero" completed 20; ok $? "the 20 requests complete after the restart"
+is "$(summary "$zero")/$(mock_count zero)" "20 completed/2/40" "their answers were lost with the server: each was sent again"
+
+# 5. bad values
+before=$(q "SHOW lava.stop_timeout" postgres)
+for v in "'-1'" "'11min'" "'soon'"; do
+	out=$(psql -X -qAt -d postgres -v VERBOSITY=sqlstate -c "ALTER SYSTEM SET lava.stop_timeout = $v" 2>&1)
+	is "$out" "ERROR:  22023" "lava.stop_timeout = $v is refused with 22023"
+done
+q "SELECT pg_reload_conf()" postgres >/dev/null
+sleep 0.2
+is "$(q "SHOW lava.stop_timeout" postgres)" "$before" "and changes nothing"
+
+q "ALTER SYSTEM RESET lava.stop_timeout" postgres >/dev/null
+q "SELECT pg_reload_conf()" postgres >/dev/null
+await_all
+is "$(q "SELECT k.total_spend = COALESCE((SELECT sum(cost) FROM lava.request_store r WHERE r.spend_key_id = k.spend_key_id), 0)
+		 AND k.total_spend = COALESCE((SELECT sum(cost) FROM lava.key_usage_daily d WHERE d.spend_key_id = k.spend_key_id), 0)
+		 AND k.reserved_spend = 0
+		 FROM lava.spend_key_store k WHERE spend_key_id = '$kid'")" t "key spend = sum of request costs = ledger, nothing reserved"
