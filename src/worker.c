@@ -190,16 +190,16 @@ WorkerExit(int code, Datum arg)
 }
 
 /*
- * The worker's SIGTERM handler: it stops at the top of its loop, after
- * recording what was answered (StopWorker).  A step running now is
- * cancelled, as a statement would be, so that no lock wait delays the stop.
+ * SIGINT (pg_cancel_backend) in both processes: cancels the step that runs,
+ * as a statement would be cancelled.  Outside a step there is nothing to
+ * cancel: a pending cancel would then end the process, and with it the
+ * worker's calls in flight.
  */
 static void
-HandleStopRequest(SIGNAL_ARGS)
+HandleCancel(SIGNAL_ARGS)
 {
 	int			save_errno = errno;
 
-	StopRequested = true;
 	if (InStep)
 	{
 		QueryCancelPending = true;
@@ -207,6 +207,18 @@ HandleStopRequest(SIGNAL_ARGS)
 	}
 	SetLatch(MyLatch);
 	errno = save_errno;
+}
+
+/*
+ * The worker's SIGTERM handler: it stops at the top of its loop, after
+ * recording what was answered (StopWorker).  A step running now is
+ * cancelled, so that no lock wait delays the stop.
+ */
+static void
+HandleStopRequest(SIGNAL_ARGS)
+{
+	StopRequested = true;
+	HandleCancel(postgres_signal_arg);
 }
 
 /* Clears the recorder's shared state when it exits. */
@@ -476,8 +488,7 @@ RunStep(const char *activity, StepFunction fn, void *arg)
 	}
 	PG_END_TRY();
 	InStep = false;
-	if (StopRequested)
-		QueryCancelPending = false; /* it came too late to cancel the step */
+	QueryCancelPending = false; /* one that came too late to cancel the step */
 	MemoryContextSwitchTo(LoopContext);
 	pgstat_report_stat(true);
 	pgstat_report_activity(STATE_IDLE, NULL);
@@ -1374,6 +1385,7 @@ LavaWorkerMain(Datum main_arg)
 {
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, HandleStopRequest);
+	pqsignal(SIGINT, HandleCancel);
 	BackgroundWorkerUnblockSignals();
 
 	if (LavaStateBeginConnect())
@@ -1461,6 +1473,7 @@ LavaRecorderMain(Datum main_arg)
 	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
+	pqsignal(SIGINT, HandleCancel);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	IsRecorder = true;

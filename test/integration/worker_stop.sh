@@ -13,10 +13,14 @@
 #     is gone: none is sent again;
 #   - lava.stop_timeout = 0 stops at once: answers not yet recorded are
 #     lost with the server, and their requests sent again;
-#   - values out of range are refused with 22023 and change nothing.
+#   - values out of range are refused with 22023 and change nothing;
+# and pg_cancel_backend cancels a step, never a process:
+#   - with calls in flight neither process exits, and none is sent again;
+#   - a recording step that waits for a locked key row is cancelled, and
+#     done again once the lock is gone.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 36
+plan 44
 
 data="$LAVA_TEST_DIR/data"
 log="$LAVA_TEST_DIR/server.log"
@@ -49,6 +53,49 @@ set_stop_timeout() {
 	q "ALTER SYSTEM SET lava.stop_timeout = $1" postgres >/dev/null &&
 		q "SELECT pg_reload_conf()" postgres >/dev/null
 }
+
+# lock_key SECONDS: a transaction holds the key's row for SECONDS, in the
+# background (its pid in holder), once it has the lock
+lock_key() {
+	psql -X -qAt -d lava_it -c "BEGIN" \
+		-c "SELECT 1 FROM lava.spend_key_store WHERE spend_key_id = '$kid' FOR UPDATE" \
+		-c "SELECT pg_sleep($1)" -c "COMMIT" >/dev/null &
+	holder=$!
+	for i in $(seq 1 50); do
+		[ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep($1)' AND state = 'active'" postgres)" = 1 ] && break
+		sleep 0.1
+	done
+}
+
+# 0. pg_cancel_backend: outside a step there is nothing to cancel
+worker=$(wait_backend 'lava worker')
+rec=$(wait_backend 'lava recorder')
+calls=$(load 20 cancel 1000)
+wait_answered cancel 20
+q "SELECT pg_cancel_backend($worker), pg_cancel_backend($rec)" postgres >/dev/null
+sleep 0.3
+is "$(backend_pid 'lava worker')/$(backend_pid 'lava recorder')" "$worker/$rec" \
+	"pg_cancel_backend with 20 calls in flight: neither process exits"
+wait_status "$calls" completed 20; ok $? "the 20 complete"
+is "$(summary "$calls")/$(mock_count cancel)" "20 completed/1/20" "after one attempt: none was sent again"
+
+# 0b. a recording step waiting for a locked key row is cancelled, and done later
+calls=$(load 20 cancel-step 500)
+wait_answered cancel-step 20
+lock_key 4
+for i in $(seq 1 50); do
+	[ "$(q "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $rec" postgres)" = Lock ] && break
+	sleep 0.1
+done
+is "$(q "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $rec" postgres)" Lock "the recorder waits for the locked key row"
+pos=$(log_pos)
+q "SELECT pg_cancel_backend($rec)" postgres >/dev/null
+sleep 0.3
+is "$(backend_pid 'lava recorder')" "$rec" "cancelled, the recorder keeps running"
+log_has "$pos" "canceling statement due to user request"; ok $? "its step was cancelled (server log)"
+wait "$holder"
+wait_status "$calls" completed 20; ok $? "once the lock is gone, the 20 are recorded"
+is "$(summary "$calls")/$(mock_count cancel-step)" "20 completed/1/20" "after one attempt: none was sent again"
 
 # 1. a fast shutdown with answers waiting for a stopped recorder and calls in flight
 worker=$(wait_backend 'lava worker'); ok $? "the worker runs"
@@ -93,14 +140,7 @@ rec=$(wait_backend 'lava recorder'); ok $? "a recorder runs"
 kill -STOP "$rec"
 locked=$(load 20 locked)
 wait_answered locked 20 && wait_handed
-psql -X -qAt -d lava_it -c "BEGIN" \
-	-c "SELECT 1 FROM lava.spend_key_store WHERE spend_key_id = '$kid' FOR UPDATE" \
-	-c "SELECT pg_sleep(8)" -c "COMMIT" >/dev/null &
-holder=$!
-for i in $(seq 1 50); do
-	[ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(8)' AND state = 'active'" postgres)" = 1 ] && break
-	sleep 0.1
-done
+lock_key 8
 pos=$(log_pos)
 q "SELECT pg_terminate_backend($worker)" postgres >/dev/null
 gone "$worker"; ok $? "terminated, the worker exits"
