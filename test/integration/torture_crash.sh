@@ -1,11 +1,16 @@
 # torture_crash.sh: crashes at random moments during runs of 5,000 prompts
-# (mock latency 20 ms, lava.max_concurrency 256), 3 runs.  In each run, 3
+# (mock latency 20 ms, lava.max_concurrency 256), 3 runs, and a clean one.  In each run, 3
 # background enqueuers queue the prompts in batches of 100 (one transaction
 # each, about 1000 kept queued) while the foreground crashes the server
 # twice at random points of the run's progress: kill -9 of the worker (the
 # postmaster then resets every backend) and pg_ctl stop -m immediate +
-# start, in alternating order.  The last run has lava.max_attempts = 1, so
-# that the crash rule also ends interrupted requests in error.  The
+# start, in alternating order.  The last of these runs has
+# lava.max_attempts = 1, so that the crash rule also ends interrupted
+# requests in error.  A fourth run stops instead of crashing, cleanly:
+# pg_ctl stop -m fast + start, and pg_terminate_backend of the worker; the
+# worker then waits for its calls in flight and records every answer, so in
+# that run (mock latency 300 ms, to keep calls in flight at the stops)
+# each request completes after one attempt and the upstream sees it once.  The
 # enqueuers survive the crashes: when a batch's commit is in doubt they look
 # the batch up (by metadata) and queue it again only if it is absent.
 # After each recovery (one snapshot): no batch is partial, every confirmed
@@ -19,7 +24,8 @@
 # upstream saw the request twice), nothing reserved, and the mock's calls
 # per request never exceed its attempts.
 # Size: TORTURE_REQUESTS prompts per run (default 5000, rounded up to a
-# multiple of 100), TORTURE_ROUNDS runs (default 3); about 30 s here.  The
+# multiple of 100), TORTURE_ROUNDS crash runs (default 3) and the clean
+# one; about 50 s here.  The
 # mock keeps its last 100,000 calls, so keep TORTURE_REQUESTS x
 # TORTURE_ROUNDS well below that.
 . "$LAVA_ROOT/test/tap.sh"
@@ -31,7 +37,7 @@ BATCH=100
 ENQUEUERS=3
 BATCHES=$(((N + BATCH - 1) / BATCH))	# per run
 N=$((BATCHES * BATCH))
-TOTAL=$((N * ROUNDS))
+TOTAL=$((N * (ROUNDS + 1)))
 run=c$(date +%s%N)
 dir=$LAVA_TEST_DIR/torture_crash_$run
 mkdir -p "$dir"
@@ -46,9 +52,10 @@ kid=$(q "SELECT '$created'::jsonb ->> 'spend_key_id'")
 
 # the enqueuer: batch b holds prompts b*100+1 .. b*100+100, tagged in metadata
 # and in the text (#id, for the mock's log); in/out tokens vary per prompt
+LATENCY=20	# the mock's, in ms; 300 in the clean run, to keep calls in flight at the stops
 enqueue_batch() {
 	psql -X -qAt -v ON_ERROR_STOP=1 -d $TEST_DB -c "SELECT count(lava.prompt('gpt-tort-crash',
-		format('crash #latency_ms=20 #in=%s #out=%s #id=$run-%s', n % 50 + 1, n % 10 + 1, n),
+		format('crash #latency_ms=$LATENCY #in=%s #out=%s #id=$run-%s', n % 50 + 1, n % 10 + 1, n),
 		jsonb_build_object('metadata', jsonb_build_object('b', $1, 'n', n)), '$key'))
 		FROM generate_series($1 * $BATCH + 1, $1 * $BATCH + $BATCH) n" 2>/dev/null
 }
@@ -142,14 +149,18 @@ crash() {
 	state=$(q "SELECT count(*) FILTER (WHERE status = 'queued') || ' queued, ' || count(*) FILTER (WHERE status = 'running') || ' running, '
 		|| count(*) FILTER (WHERE status NOT IN ('queued', 'running')) || ' done'
 		FROM lava.request_store WHERE spend_key_id = '$kid'")
-	if [ "$1" = kill ]; then
-		what="kill -9 of the worker"
-		kill -9 "$pid"
-	else
-		what="pg_ctl stop -m immediate + start"
-		as_postgres "$PGBIN/pg_ctl" -D "$LAVA_TEST_DIR/data" -m immediate -w stop >/dev/null 2>&1
-		as_postgres "$PGBIN/pg_ctl" -D "$LAVA_TEST_DIR/data" -l "$LAVA_TEST_DIR/server.log" -w -t 60 start >/dev/null 2>&1
-	fi
+	case "$1" in
+		kill)
+			what="kill -9 of the worker"
+			kill -9 "$pid" ;;
+		terminate)
+			what="pg_terminate_backend of the worker"
+			q "SELECT pg_terminate_backend($pid)" postgres >/dev/null ;;
+		*)
+			what="pg_ctl stop -m $1 + start"
+			as_postgres "$PGBIN/pg_ctl" -D "$LAVA_TEST_DIR/data" -m "$1" -w stop >/dev/null 2>&1
+			as_postgres "$PGBIN/pg_ctl" -D "$LAVA_TEST_DIR/data" -l "$LAVA_TEST_DIR/server.log" -w -t 60 start >/dev/null 2>&1 ;;
+	esac
 	diag "$2 at +$(($(date +%s) - t0))s: $what; just before: $state"
 	wait_server 120 "$TEST_DB" && newpid=$(wait_backend 'lava worker' "$pid" 120)
 	ok $? "$2 ($what): the server and the worker are back"
@@ -166,9 +177,15 @@ wait_done() {
 	done
 	return 1
 }
-for round in $(seq 0 $((ROUNDS - 1))); do
+for round in $(seq 0 "$ROUNDS"); do
 	base=$((round * N))
-	if [ "$round" = $((ROUNDS - 1)) ] && [ "$ROUNDS" -gt 1 ]; then
+	if [ "$round" = "$ROUNDS" ]; then
+		q "ALTER SYSTEM RESET lava.max_attempts" >/dev/null
+		q "SELECT pg_reload_conf()" >/dev/null
+		sleep 1
+		LATENCY=300
+		diag "run $((round + 1)) with clean stops (mock latency $LATENCY ms)"
+	elif [ "$round" = $((ROUNDS - 1)) ] && [ "$ROUNDS" -gt 1 ]; then
 		# the last run with lava.max_attempts = 1: an interrupted request has
 		# no attempt left, so the crash rule ends it in error, uncharged
 		q "ALTER SYSTEM SET lava.max_attempts = 1" >/dev/null
@@ -183,7 +200,9 @@ for round in $(seq 0 $((ROUNDS - 1))); do
 	done
 	# the first crash when a random 10-35% of the run is done, the second a
 	# random 10-25% of the run after the first recovery (by 90% at the latest)
-	if [ $((round % 2)) = 0 ]; then kinds="kill immediate"; else kinds="immediate kill"; fi
+	if [ "$round" = "$ROUNDS" ]; then kinds="fast terminate"
+	elif [ $((round % 2)) = 0 ]; then kinds="kill immediate"
+	else kinds="immediate kill"; fi
 	first=${kinds%% *}
 	second=${kinds##* }
 	wait_done $((base + N * (10 + RANDOM % 26) / 100))
@@ -207,11 +226,8 @@ for round in $(seq 0 $((ROUNDS - 1))); do
 	is "$(q "$check_sql")" "" "run $((round + 1)): the accounting is consistent at the end of the run"
 done
 
-q "ALTER SYSTEM RESET lava.max_attempts" >/dev/null
-q "SELECT pg_reload_conf()" >/dev/null
-
 is "$(cat "$dir/anomalies" 2>/dev/null)" "" "the enqueuers saw no partial batch and gave up on none"
-is "$(sort -un "$dir/confirmed" | wc -l)" "$((BATCHES * ROUNDS))" "all $((BATCHES * ROUNDS)) batches ($TOTAL prompts) were confirmed enqueued"
+is "$(sort -un "$dir/confirmed" | wc -l)" "$((BATCHES * (ROUNDS + 1)))" "all $((BATCHES * (ROUNDS + 1))) batches ($TOTAL prompts) were confirmed enqueued"
 diag "$(q "SELECT string_agg(status || '/' || attempts || '=' || n, ' ') FROM (SELECT status, attempts, count(*) n
 	FROM lava.request_store WHERE spend_key_id = '$kid' GROUP BY 1, 2 ORDER BY 1, 2) x")"
 is "$(q "SELECT count(*) FROM lava.request_store WHERE spend_key_id = '$kid' AND status IN ('queued', 'running')")" 0 \
@@ -257,6 +273,13 @@ is "$(q "SELECT count(*) FROM lava.request_store r JOIN public.torture_crash_cal
 		 WHERE r.spend_key_id = '$kid' AND c.calls > 1 AND r.status = 'completed'
 		   AND r.cost <> (r.input_tokens * r.input_price + r.output_tokens * r.output_price) / 1000000")" 0 \
 	"a request the upstream saw twice is charged once"
+is "$(q "SELECT count(*) || COALESCE(' e.g. ' || string_agg(request_id || ' (' || status || ', ' || attempts || ' attempts, '
+			|| calls || ' calls)', ', ') FILTER (WHERE rn <= 5), '')
+		 FROM (SELECT r.request_id, r.status, r.attempts, COALESCE(c.calls, 0) AS calls, row_number() OVER (ORDER BY r.request_id) rn
+			   FROM lava.request_store r LEFT JOIN public.torture_crash_calls c ON c.n = (r.metadata ->> 'n')::int
+			   WHERE r.spend_key_id = '$kid' AND (r.metadata ->> 'b')::int / $BATCHES = $ROUNDS
+				 AND (r.status <> 'completed' OR r.attempts <> 1 OR COALESCE(c.calls, 0) <> 1)) x")" 0 \
+	"run $((ROUNDS + 1)), with clean stops: each request completed after one attempt, and the upstream saw it once"
 q "DROP TABLE public.torture_crash_calls" >/dev/null
 diag "total $(($(date +%s) - t0))s"
 done_testing
