@@ -170,6 +170,7 @@ static bool RecorderSlotMissing = false; /* the last start found no slot */
 static volatile sig_atomic_t StopRequested = false; /* SIGTERM came */
 static volatile sig_atomic_t InStep = false;	/* RunStep is running a step */
 static TimestampTz StopDeadline = 0;	/* stopping: no step after, nor lock wait */
+static int	StepErrcode = 0;	/* SQLSTATE of the last step that failed */
 
 static bool InBackoff(void);
 
@@ -472,6 +473,7 @@ RunStep(const char *activity, StepFunction fn, void *arg)
 		HOLD_INTERRUPTS();
 		MemoryContextSwitchTo(LoopContext);
 		edata = CopyErrorData();
+		StepErrcode = edata->sqlerrcode;
 		/* cancelled by a stop request: no error, the stop goes on */
 		if (!(StopRequested && edata->sqlerrcode == ERRCODE_QUERY_CANCELED))
 		{
@@ -807,21 +809,39 @@ CompleteBatch(LavaOutcome *items, int n, Oid ext, uint64 end)
 }
 
 /*
+ * True when the step that just failed may succeed if tried again later: it
+ * was cancelled, timed out on a lock, or lost a deadlock or a serialization
+ * conflict, or the worker is stopping.  The outcomes are not at fault then.
+ */
+static bool
+FailureMayPass(void)
+{
+	return StopRequested ||
+		ERRCODE_TO_CATEGORY(StepErrcode) == ERRCODE_TRANSACTION_ROLLBACK ||
+		StepErrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		StepErrcode == ERRCODE_QUERY_CANCELED;
+}
+
+/*
  * Records a batch of outcomes of requests claimed under extension ext (for
- * outcomes from the outbox, ends[i] is the outbox position past item i).
- * When the batch fails, each outcome is tried alone, so that one the SQL
- * side cannot take does not lose the others; one that still fails is
- * recorded as a bare error.  If even that fails, the rest is dropped: those
- * requests stay 'running' until the worker restarts.
+ * outcomes from the outbox, ends[i] is the outbox position past item i);
+ * *done is how many of the first ones are recorded or dropped.  When the
+ * batch fails, each outcome is tried alone, so that one the SQL side cannot
+ * take does not lose the others; one that still fails is recorded as a
+ * bare error.  If even that fails, the rest is dropped: those requests stay
+ * 'running' until the worker restarts.  A failure that may pass
+ * (FailureMayPass) is not the outcomes': the rest is left for a later try.
  */
 static StepResult
-RecordBatch(LavaOutcome *items, int n, Oid ext, const uint64 *ends)
+RecordBatch(LavaOutcome *items, int n, Oid ext, const uint64 *ends, int *done)
 {
 	StepResult	r = CompleteBatch(items, n, ext, ends != NULL ? ends[n - 1] : 0);
 	int			i;
 
-	/* (while stopping, a failure is a lock timeout: the items stay for later) */
-	if (r != STEP_FAILED || StopRequested)
+	*done = 0;
+	if (r != STEP_FAILED)
+		*done = n;
+	if (r != STEP_FAILED || FailureMayPass())
 		return r;
 	for (i = 0; i < n; i++)
 	{
@@ -833,7 +853,12 @@ RecordBatch(LavaOutcome *items, int n, Oid ext, const uint64 *ends)
 			if (r == STEP_NO_EXTENSION)
 				return r;
 			if (r == STEP_DONE)
+			{
+				*done = i + 1;
 				continue;
+			}
+			if (FailureMayPass())
+				return r;
 		}
 		bare.id = items[i].id;
 		bare.http_status = 0;
@@ -843,8 +868,11 @@ RecordBatch(LavaOutcome *items, int n, Oid ext, const uint64 *ends)
 		r = CompleteBatch(&bare, 1, ext, ends != NULL ? ends[i] : 0);
 		if (r == STEP_NO_EXTENSION)
 			return r;
+		if (r == STEP_FAILED && FailureMayPass())
+			return r;
 		if (r == STEP_FAILED)
 		{
+			*done = n;
 			if (ends != NULL)
 				LavaOutboxAdvance(ends[n - 1]);
 			ereport(WARNING,
@@ -854,6 +882,7 @@ RecordBatch(LavaOutcome *items, int n, Oid ext, const uint64 *ends)
 					 errdetail("Their requests stay 'running' until the worker restarts.")));
 			return r;
 		}
+		*done = i + 1;
 	}
 	return STEP_DONE;
 }
@@ -874,6 +903,7 @@ RecordOutcomes(void)
 	while (start < NumOutcomes)
 	{
 		int			n = 0;
+		int			done;
 		Size		bytes = 0;
 		StepResult	r;
 
@@ -887,12 +917,13 @@ RecordOutcomes(void)
 			bytes += size;
 			n++;
 		}
-		r = RecordBatch(&Outcomes[start], n, KnownExtOid, NULL);
+		r = RecordBatch(&Outcomes[start], n, KnownExtOid, NULL, &done);
 		if (r == STEP_NO_EXTENSION)
 			break;				/* ExtensionGone dropped them all */
-		if (r == STEP_FAILED && StopRequested)
+		if (done < n)
 		{
-			/* keep the rest for StopWorker's next try */
+			/* a failure that may pass: keep the rest for a later try */
+			start += done;
 			memmove(Outcomes, Outcomes + start, sizeof(LavaOutcome) * (NumOutcomes - start));
 			NumOutcomes -= start;
 			LavaOutboxEndConsume();
@@ -971,6 +1002,7 @@ ConsumeOutbox(void)
 		uint64	   *ends;
 		Oid			ext;
 		int			n;
+		int			done;
 		StepResult	r;
 
 		MemoryContextSwitchTo(ConsumeContext);
@@ -978,7 +1010,8 @@ ConsumeOutbox(void)
 		MemoryContextSwitchTo(LoopContext);
 		if (n == 0)
 			break;
-		r = RecordBatch(items, n, ext, ends);
+		/* (what is not done stays in the outbox, whose tail moves at commits) */
+		r = RecordBatch(items, n, ext, ends, &done);
 		if (r == STEP_NO_EXTENSION)
 			LavaOutboxAdvance(ends[n - 1]); /* their requests went with it */
 		MemoryContextReset(ConsumeContext);

@@ -17,7 +17,8 @@
 # and pg_cancel_backend cancels a step, never a process:
 #   - with calls in flight neither process exits, and none is sent again;
 #   - a recording step that waits for a locked key row is cancelled, and
-#     done again once the lock is gone.
+#     done again once the lock is gone: the answer is not taken for a bad
+#     one, and not sent again.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
 plan 44
@@ -79,9 +80,11 @@ is "$(backend_pid 'lava worker')/$(backend_pid 'lava recorder')" "$worker/$rec" 
 wait_status "$calls" completed 20; ok $? "the 20 complete"
 is "$(summary "$calls")/$(mock_count cancel)" "20 completed/1/20" "after one attempt: none was sent again"
 
-# 0b. a recording step waiting for a locked key row is cancelled, and done later
-calls=$(load 20 cancel-step 500)
-wait_answered cancel-step 20
+# 0b. a recording step waiting for a locked key row is cancelled, and done
+# later: a cancel is not the answer's fault, even when it is alone in its
+# batch (it was once recorded as an error, and sent again)
+calls=$(load 1 cancel-step 500)
+wait_answered cancel-step 1
 lock_key 4
 for i in $(seq 1 50); do
 	[ "$(q "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $rec" postgres)" = Lock ] && break
@@ -94,8 +97,8 @@ sleep 0.3
 is "$(backend_pid 'lava recorder')" "$rec" "cancelled, the recorder keeps running"
 log_has "$pos" "canceling statement due to user request"; ok $? "its step was cancelled (server log)"
 wait "$holder"
-wait_status "$calls" completed 20; ok $? "once the lock is gone, the 20 are recorded"
-is "$(summary "$calls")/$(mock_count cancel-step)" "20 completed/1/20" "after one attempt: none was sent again"
+wait_status "$calls" completed 1; ok $? "once the lock is gone, the answer is recorded"
+is "$(summary "$calls")/$(mock_count cancel-step)" "1 completed/1/1" "after one attempt: it was not sent again"
 
 # 1. a fast shutdown with answers waiting for a stopped recorder and calls in flight
 worker=$(wait_backend 'lava worker'); ok $? "the worker runs"
