@@ -83,9 +83,9 @@ is "$(summary "$calls")/$(mock_count cancel)" "20 completed/1/20" "after one att
 # 0b. a recording step waiting for a locked key row is cancelled, and done
 # later: a cancel is not the answer's fault, even when it is alone in its
 # batch (it was once recorded as an error, and sent again)
-calls=$(load 1 cancel-step 500)
+calls=$(load 1 cancel-step 1500)
 wait_answered cancel-step 1
-lock_key 4
+lock_key 5
 for i in $(seq 1 50); do
 	[ "$(q "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $rec" postgres)" = Lock ] && break
 	sleep 0.1
