@@ -76,6 +76,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -169,7 +170,7 @@ static TimestampTz RecorderRetryAt = 0; /* start it again no sooner */
 static bool RecorderSlotMissing = false; /* the last start found no slot */
 static volatile sig_atomic_t StopRequested = false; /* SIGTERM came */
 static volatile sig_atomic_t InStep = false;	/* RunStep is running a step */
-static TimestampTz StopDeadline = 0;	/* stopping: no step after, nor lock wait */
+static TimestampTz StopDeadline = 0;	/* StopWorker's: no step runs past it */
 static int	StepErrcode = 0;	/* SQLSTATE of the last step that failed */
 
 static bool InBackoff(void);
@@ -201,7 +202,7 @@ HandleCancel(SIGNAL_ARGS)
 {
 	int			save_errno = errno;
 
-	if (InStep)
+	if (InStep && !proc_exit_inprogress)
 	{
 		QueryCancelPending = true;
 		InterruptPending = true;
@@ -211,9 +212,10 @@ HandleCancel(SIGNAL_ARGS)
 }
 
 /*
- * The worker's SIGTERM handler: it stops at the top of its loop, after
- * recording what was answered (StopWorker).  A step running now is
- * cancelled, so that no lock wait delays the stop.
+ * The worker's SIGTERM handler, once it is connected: it stops at the top
+ * of its loop, after recording what was answered (StopWorker).  A step
+ * running now is cancelled, and none starts before StopWorker, so that no
+ * wait delays the stop.
  */
 static void
 HandleStopRequest(SIGNAL_ARGS)
@@ -426,19 +428,20 @@ RunStep(const char *activity, StepFunction fn, void *arg)
 {
 	volatile StepResult result = STEP_DONE;
 
-	if (StopDeadline != 0)
-	{
-		/* stopping: lock waits end at the deadline, and nothing starts after it */
-		long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), StopDeadline);
-		char		buf[32];
-
-		if (ms <= 0)
-			return STEP_FAILED;
-		snprintf(buf, sizeof(buf), "%ld", ms);
-		SetConfigOption("lock_timeout", buf, PGC_SUSET, PGC_S_SESSION);
-	}
-	SetCurrentStatementStartTimestamp();
 	InStep = true;
+	/* asked to stop: no step until StopWorker, and none past its deadline */
+	if (StopRequested &&
+		(StopDeadline == 0 || GetCurrentTimestamp() >= StopDeadline))
+	{
+		InStep = false;
+		QueryCancelPending = false;
+		StepErrcode = ERRCODE_QUERY_CANCELED;
+		return STEP_FAILED;
+	}
+	/* while stopping, a wait of any kind ends at the deadline (as a cancel) */
+	if (StopDeadline != 0)
+		enable_timeout_at(STATEMENT_TIMEOUT, StopDeadline);
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PG_TRY();
 	{
@@ -474,8 +477,9 @@ RunStep(const char *activity, StepFunction fn, void *arg)
 		MemoryContextSwitchTo(LoopContext);
 		edata = CopyErrorData();
 		StepErrcode = edata->sqlerrcode;
-		/* cancelled by a stop request: no error, the stop goes on */
-		if (!(StopRequested && edata->sqlerrcode == ERRCODE_QUERY_CANCELED))
+		/* cancelled by the stop request itself: no error, the stop goes on */
+		if (!(StopRequested && StopDeadline == 0 &&
+			  edata->sqlerrcode == ERRCODE_QUERY_CANCELED))
 		{
 			EmitErrorReport();
 			LavaStateSetLastError(edata->message);
@@ -490,7 +494,12 @@ RunStep(const char *activity, StepFunction fn, void *arg)
 	}
 	PG_END_TRY();
 	InStep = false;
-	QueryCancelPending = false; /* one that came too late to cancel the step */
+	if (StopDeadline != 0)
+		disable_timeout(STATEMENT_TIMEOUT, false);
+	/* a cancel that came too late for the step, and what caused it */
+	QueryCancelPending = false;
+	(void) get_timeout_indicator(STATEMENT_TIMEOUT, true);
+	(void) get_timeout_indicator(LOCK_TIMEOUT, true);
 	MemoryContextSwitchTo(LoopContext);
 	pgstat_report_stat(true);
 	pgstat_report_activity(STATE_IDLE, NULL);
@@ -810,16 +819,17 @@ CompleteBatch(LavaOutcome *items, int n, Oid ext, uint64 end)
 
 /*
  * True when the step that just failed may succeed if tried again later: it
- * was cancelled, timed out on a lock, or lost a deadlock or a serialization
- * conflict, or the worker is stopping.  The outcomes are not at fault then.
+ * was cancelled (by pg_cancel_backend, a stop, or the stop's deadline),
+ * timed out on a lock, or lost a deadlock or a serialization conflict.  The
+ * outcomes are not at fault then.
  */
 static bool
 FailureMayPass(void)
 {
-	return StopRequested ||
-		ERRCODE_TO_CATEGORY(StepErrcode) == ERRCODE_TRANSACTION_ROLLBACK ||
+	return StepErrcode == ERRCODE_QUERY_CANCELED ||
 		StepErrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
-		StepErrcode == ERRCODE_QUERY_CANCELED;
+		StepErrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
+		StepErrcode == ERRCODE_T_R_DEADLOCK_DETECTED;
 }
 
 /*
@@ -1240,8 +1250,6 @@ WaitForDatabase(void)
 	for (;;)
 	{
 		CHECK_FOR_INTERRUPTS();
-		if (StopRequested)
-			proc_exit(1);
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -1392,11 +1400,16 @@ StopWorker(void)
 	if (NumOutcomes > 0)
 		HandOff();
 	in_flight = LavaHttpInFlight(Http);
-	if ((NumOutcomes > 0 || !LavaOutboxEmpty()) && lava_stop_timeout_ms == 0)
+	if (NumOutcomes > 0)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("lava worker stopped with %d answers it could neither record nor hand over", NumOutcomes),
+				 errdetail("Their requests are sent again when the worker starts.")));
+	if (!LavaOutboxEmpty() && lava_stop_timeout_ms == 0)
 		ereport(LOG,
 				(errmsg("lava worker stopped at once (lava.stop_timeout is 0) and left answers unrecorded"),
 				 errdetail("The next worker records them, unless the server stops first: their requests are then sent again.")));
-	else if (NumOutcomes > 0 || !LavaOutboxEmpty())
+	else if (!LavaOutboxEmpty())
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),
 				 errmsg("lava worker stopped before it could record every answer"),
@@ -1416,14 +1429,16 @@ StopWorker(void)
 void
 LavaWorkerMain(Datum main_arg)
 {
+	/* (until it is connected, SIGTERM ends it at once, waits included) */
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, HandleStopRequest);
+	pqsignal(SIGTERM, die);
 	pqsignal(SIGINT, HandleCancel);
 	BackgroundWorkerUnblockSignals();
 
 	if (LavaStateBeginConnect())
 		WaitForDatabase();
 	BackgroundWorkerInitializeConnection(lava_database, NULL, 0);
+	pqsignal(SIGTERM, HandleStopRequest);
 	LavaStateWorkerStarted();
 	before_shmem_exit(WorkerExit, (Datum) 0);
 	pgstat_report_appname("lava worker");

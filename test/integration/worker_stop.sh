@@ -11,6 +11,8 @@
 #     the deadline and says so; the answers stay in the outbox, and the
 #     next worker records them, before its start-up recovery, once the lock
 #     is gone: none is sent again;
+#   - a commit that waits for a synchronous standby that never comes ends
+#     at the deadline too;
 #   - lava.stop_timeout = 0 stops at once: answers not yet recorded are
 #     lost with the server, and their requests sent again;
 #   - values out of range are refused with 22023 and change nothing;
@@ -21,7 +23,7 @@
 #     one, and not sent again.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 44
+plan 47
 
 data="$LAVA_TEST_DIR/data"
 log="$LAVA_TEST_DIR/server.log"
@@ -159,6 +161,27 @@ sleep 0.5
 is "$(summary "$locked")/$(mock_count locked)" "20 completed/1/20" "after one attempt: none was sent again"
 is "$(q "SELECT max(completed_at) < (SELECT backend_start FROM pg_stat_activity WHERE pid = $(wait_backend 'lava recorder' "$rec"))
 		 FROM lava.request_store WHERE request_id IN ($locked)")" t "by the new worker, before it started its recorder"
+
+# 3b. a commit that waits for a synchronous standby that never comes: the
+# stop's deadline cancels the wait (the commit stays, locally), and the
+# worker exits instead of hanging the shutdown
+worker=$(wait_backend 'lava worker')
+rec=$(wait_backend 'lava recorder')
+kill -STOP "$rec"
+syncrep=$(load 20 syncrep)
+wait_answered syncrep 20 && wait_handed
+q "ALTER SYSTEM SET synchronous_standby_names = 'lava_nobody'" postgres >/dev/null
+q "SELECT pg_reload_conf()" postgres >/dev/null
+sleep 0.3
+pos=$(log_pos)
+q "SELECT pg_terminate_backend($worker)" postgres >/dev/null
+gone "$worker"; ok $? "with every commit waiting for a standby that never comes, the stopped worker still exits"
+q "ALTER SYSTEM RESET synchronous_standby_names" postgres >/dev/null
+q "SELECT pg_reload_conf()" postgres >/dev/null
+kill -CONT "$rec"
+log_has "$pos" "canceling wait for synchronous replication"; ok $? "its deadline cancelled the wait (server log)"
+sleep 0.5
+is "$(summary "$syncrep")/$(mock_count syncrep)" "20 completed/1/20" "the 20 answers were recorded, locally, and none was sent again"
 
 # 4. lava.stop_timeout = 0: the worker stops at once
 set_stop_timeout 0
