@@ -421,7 +421,9 @@ ExtensionReady(void)
  * Runs fn in one transaction with SPI connected and a snapshot pushed,
  * unless the extension is missing (see ExtensionGone).  An error is
  * logged, stored as the last error and rolled back; transactions then
- * pause for a second.
+ * pause for a second.  Once the worker is asked to stop, no step runs until
+ * StopWorker sets its deadline, nor after it, and every wait in a step
+ * ends at the deadline.
  */
 static StepResult
 RunStep(const char *activity, StepFunction fn, void *arg)
@@ -1376,7 +1378,7 @@ StopWorker(void)
 		unrecorded = NumOutcomes > 0 || !LavaOutboxEmpty();
 		if (unrecorded && LavaOutboxMayConsume())
 		{
-			/* (RunStep bounds their lock waits by the deadline) */
+			/* (RunStep ends their waits at the deadline) */
 			BackoffUntil = 0;
 			if (NumOutcomes > 0)
 				RecordOutcomes();
