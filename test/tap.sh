@@ -147,3 +147,12 @@ mock_key() {
 	key=$(q "SELECT '$created'::jsonb ->> 'key'")
 	kid=$(q "SELECT '$created'::jsonb ->> 'spend_key_id'")
 }
+
+# key_balanced KID: t when the key's total_spend equals both the sum of its
+# requests' costs and its daily ledger, and nothing is left reserved
+key_balanced() {
+	q "SELECT k.total_spend = COALESCE((SELECT sum(cost) FROM lava.request_store r WHERE r.spend_key_id = k.spend_key_id), 0)
+	   AND k.total_spend = COALESCE((SELECT sum(cost) FROM lava.key_usage_daily d WHERE d.spend_key_id = k.spend_key_id), 0)
+	   AND k.reserved_spend = 0
+	   FROM lava.spend_key_store k WHERE spend_key_id = '$1'"
+}

@@ -28,10 +28,7 @@ setup
 load() { q "SELECT string_agg(lava.prompt('gpt-rec', '#in=5 #out=5 $2 ' || g, '{}', '$key')::text, ',') FROM generate_series(1, $1) g"; }
 invariants() {
 	await_all; ok $? "$1: every request reached a terminal state"
-	is "$(q "SELECT k.total_spend = COALESCE((SELECT sum(cost) FROM lava.request_store r WHERE r.spend_key_id = k.spend_key_id), 0)
-			 AND k.total_spend = COALESCE((SELECT sum(cost) FROM lava.key_usage_daily d WHERE d.spend_key_id = k.spend_key_id), 0)
-			 AND k.reserved_spend = 0
-			 FROM lava.spend_key_store k WHERE spend_key_id = '$kid'")" t "$1: key spend = sum of request costs = ledger, nothing reserved (none charged twice)"
+	is "$(key_balanced "$kid")" t "$1: key spend = sum of request costs = ledger, nothing reserved (none charged twice)"
 }
 
 worker=$(wait_backend 'lava worker'); ok $? "the worker runs"

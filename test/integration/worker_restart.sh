@@ -12,10 +12,7 @@ invariants() {
 	await_all; ok $? "$1: every request reached a terminal state"
 	is "$(q "SELECT count(*) FROM lava.request_store r JOIN lava.spend_key_store k USING (spend_key_id)
 			 WHERE k.spend_key_id = '$kid' AND r.status NOT IN ('completed', 'error', 'cancelled')")" 0 "$1: none left queued or running"
-	is "$(q "SELECT k.total_spend = COALESCE((SELECT sum(cost) FROM lava.request_store r WHERE r.spend_key_id = k.spend_key_id), 0)
-			 AND k.total_spend = COALESCE((SELECT sum(cost) FROM lava.key_usage_daily d WHERE d.spend_key_id = k.spend_key_id), 0)
-			 AND k.reserved_spend = 0
-			 FROM lava.spend_key_store k WHERE spend_key_id = '$kid'")" t "$1: key spend = sum of request costs = ledger, nothing reserved (none charged twice)"
+	is "$(key_balanced "$kid")" t "$1: key spend = sum of request costs = ledger, nothing reserved (none charged twice)"
 }
 
 pid=$(wait_backend 'lava worker' ""); ok $? "the worker runs"

@@ -214,7 +214,4 @@ is "$(q "SHOW lava.stop_timeout" postgres)" "$before" "and changes nothing"
 q "ALTER SYSTEM RESET lava.stop_timeout" postgres >/dev/null
 q "SELECT pg_reload_conf()" postgres >/dev/null
 await_all
-is "$(q "SELECT k.total_spend = COALESCE((SELECT sum(cost) FROM lava.request_store r WHERE r.spend_key_id = k.spend_key_id), 0)
-		 AND k.total_spend = COALESCE((SELECT sum(cost) FROM lava.key_usage_daily d WHERE d.spend_key_id = k.spend_key_id), 0)
-		 AND k.reserved_spend = 0
-		 FROM lava.spend_key_store k WHERE spend_key_id = '$kid'")" t "key spend = sum of request costs = ledger, nothing reserved"
+is "$(key_balanced "$kid")" t "key spend = sum of request costs = ledger, nothing reserved"
