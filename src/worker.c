@@ -246,6 +246,22 @@ CreateContexts(void)
 										   ALLOCSET_DEFAULT_SIZES);
 }
 
+/*
+ * Pins the settings the steps are written for, whatever postgresql.conf,
+ * ALTER DATABASE or ALTER ROLE say, as autovacuum does: READ COMMITTED (the
+ * claim and the recording rely on its re-check of updated rows), and no
+ * lock or statement timeout, under which a recording that waits for a busy
+ * key row would fail and have to be tried again.
+ */
+static void
+PinSessionSettings(void)
+{
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("idle_in_transaction_session_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+}
+
 /* Creates the HTTP client and the wait set: latch, postmaster death, curl. */
 static void
 StartHttp(void)
@@ -1441,6 +1457,7 @@ LavaWorkerMain(Datum main_arg)
 		WaitForDatabase();
 	BackgroundWorkerInitializeConnection(lava_database, NULL, 0);
 	pqsignal(SIGTERM, HandleStopRequest);
+	PinSessionSettings();
 	LavaStateWorkerStarted();
 	before_shmem_exit(WorkerExit, (Datum) 0);
 	pgstat_report_appname("lava worker");
@@ -1526,6 +1543,7 @@ LavaRecorderMain(Datum main_arg)
 	pqsignal(SIGINT, HandleCancel);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	PinSessionSettings();
 	IsRecorder = true;
 	before_shmem_exit(RecorderExit, (Datum) 0);
 	CreateContexts();

@@ -20,10 +20,12 @@
 #   - with calls in flight neither process exits, and none is sent again;
 #   - a recording step that waits for a locked key row is cancelled, and
 #     done again once the lock is gone: the answer is not taken for a bad
-#     one, and not sent again.
+#     one, and not sent again;
+# and the database's lock_timeout and default_transaction_isolation do not
+# reach the worker's and the recorder's steps.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 47
+plan 53
 
 data="$LAVA_TEST_DIR/data"
 log="$LAVA_TEST_DIR/server.log"
@@ -57,11 +59,12 @@ set_stop_timeout() {
 		q "SELECT pg_reload_conf()" postgres >/dev/null
 }
 
-# lock_key SECONDS: a transaction holds the key's row for SECONDS, in the
-# background (its pid in holder), once it has the lock
+# lock_key SECONDS [update]: a transaction holds the key's row locked (or
+# updated) for SECONDS, in the background (its pid in holder), once it has it
 lock_key() {
-	psql -X -qAt -d lava_it -c "BEGIN" \
-		-c "SELECT 1 FROM lava.spend_key_store WHERE spend_key_id = '$kid' FOR UPDATE" \
+	local stmt="SELECT 1 FROM lava.spend_key_store WHERE spend_key_id = '$kid' FOR UPDATE"
+	[ "$2" = update ] && stmt="UPDATE lava.spend_key_store SET name = name WHERE spend_key_id = '$kid'"
+	psql -X -qAt -d lava_it -c "BEGIN" -c "$stmt" \
 		-c "SELECT pg_sleep($1)" -c "COMMIT" >/dev/null &
 	holder=$!
 	for i in $(seq 1 50); do
@@ -101,6 +104,32 @@ log_has "$pos" "canceling statement due to user request"; ok $? "its step was ca
 wait "$holder"
 wait_status "$calls" completed 1; ok $? "once the lock is gone, the answer is recorded"
 is "$(summary "$calls")/$(mock_count cancel-step)" "1 completed/1/1" "after one attempt: it was not sent again"
+
+# 0c. the database's lock_timeout and default_transaction_isolation do not
+# reach the worker's steps: a recording that waits for a key row another
+# transaction updates neither times out nor fails to serialize
+q "ALTER DATABASE lava_it SET lock_timeout = '10ms'" postgres >/dev/null
+q "ALTER DATABASE lava_it SET default_transaction_isolation = 'serializable'" postgres >/dev/null
+q "SELECT pg_terminate_backend($worker)" postgres >/dev/null
+worker=$(wait_backend 'lava worker' "$worker"); ok $? "a worker starts under those database settings"
+rec=$(wait_backend 'lava recorder' "$rec"); ok $? "and its recorder"
+pos=$(log_pos)
+calls=$(load 10 pinned 1500)
+wait_answered pinned 10
+lock_key 4 update
+for i in $(seq 1 50); do
+	[ "$(q "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $rec" postgres)" = Lock ] && break
+	sleep 0.1
+done
+is "$(q "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $rec" postgres)" Lock \
+	"the recorder waits for the key row, past the database's lock_timeout of 10 ms"
+wait "$holder"
+wait_status "$calls" completed 10; ok $? "once the row is free, the 10 are recorded"
+! log_has "$pos" "lock timeout" && ! log_has "$pos" "could not serialize"
+ok $? "with no lock timeout and no serialization failure (server log)"
+is "$(summary "$calls")/$(mock_count pinned)" "10 completed/1/10" "after one attempt: none was sent again"
+q "ALTER DATABASE lava_it RESET lock_timeout" postgres >/dev/null
+q "ALTER DATABASE lava_it RESET default_transaction_isolation" postgres >/dev/null
 
 # 1. a fast shutdown with answers waiting for a stopped recorder and calls in flight
 worker=$(wait_backend 'lava worker'); ok $? "the worker runs"
