@@ -249,9 +249,11 @@ CreateContexts(void)
 /*
  * Pins the settings the steps are written for, whatever postgresql.conf,
  * ALTER DATABASE or ALTER ROLE say, as autovacuum does: READ COMMITTED (the
- * claim and the recording rely on its re-check of updated rows), and no
- * lock or statement timeout, under which a recording that waits for a busy
- * key row would fail and have to be tried again.
+ * claim and the recording rely on its re-check of updated rows), no lock or
+ * statement timeout, under which a recording that waits for a busy key row
+ * would fail and have to be tried again, and no asynchronous commit: a
+ * claim must be on disk before its call is sent, or a crash loses the
+ * attempt that the upstream saw.  Called again after each reload.
  */
 static void
 PinSessionSettings(void)
@@ -260,6 +262,9 @@ PinSessionSettings(void)
 	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("idle_in_transaction_session_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	/* (a stronger setting, waiting for standbys, is kept) */
+	if (strcmp(GetConfigOption("synchronous_commit", false, false), "off") == 0)
+		SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
 /* Creates the HTTP client and the wait set: latch, postmaster death, curl. */
@@ -1479,6 +1484,7 @@ LavaWorkerMain(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			PinSessionSettings();
 			LavaHttpSetMaxConnections(Http, lava_max_concurrency);
 		}
 		if (StopRequested)
@@ -1563,6 +1569,7 @@ LavaRecorderMain(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			PinSessionSettings();
 		}
 		if (!lava_recorder || LavaStateWorkerPid() != worker_pid ||
 			LavaStateLeaveRequested(worker_pid))
