@@ -66,7 +66,7 @@ SettleRecorded(const LavaSettleRow *rows, int n)
 	values[4] = LavaMakeArray(in_t, NULL, n, INT8OID);
 	values[5] = LavaMakeArray(out_t, NULL, n, INT8OID);
 	LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&SettlePlan,
-												"SELECT lava._settle_many($1::uuid[], $2::timestamptz[], "
+												"SELECT lava._settle_many($1::pg_catalog.uuid[], $2::pg_catalog.timestamptz[], "
 												"$3::numeric[], $4::numeric[], $5::bigint[], $6::bigint[])",
 												6, types),
 								  values, NULL, false, 0),
@@ -125,8 +125,8 @@ CompleteRest(const LavaOutcome *items, int n, const bool *done, int64 *completed
 	values[4] = LavaMakeArray(retries, retry_nulls, m, FLOAT8OID);
 	LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&CompletePlan,
 												"SELECT completed, failed, requeued "
-												"FROM lava._complete($1::bigint[], $2::int[], $3::text[], "
-												"$4::text[], $5::float8[])", 5, types),
+												"FROM lava._complete($1::bigint[], $2::int[], $3::pg_catalog.text[], "
+												"$4::pg_catalog.text[], $5::pg_catalog.float8[])", 5, types),
 								  values, NULL, false, 0),
 				 SPI_OK_SELECT, "lava._complete");
 	if (SPI_processed != 1)

@@ -248,8 +248,12 @@ CreateContexts(void)
 
 /*
  * Pins the settings the steps are written for, whatever postgresql.conf,
- * ALTER DATABASE or ALTER ROLE say, as autovacuum does: READ COMMITTED (the
- * claim and the recording rely on its re-check of updated rows), no lock or
+ * ALTER DATABASE or ALTER ROLE say, as autovacuum does: search_path to
+ * pg_catalog alone (these processes run as the bootstrap superuser, and
+ * the internal functions they call resolve names through it: a database
+ * owner's search_path must not lend them its types, functions or
+ * operators), READ COMMITTED (the claim and the recording rely on its
+ * re-check of updated rows), no lock or
  * statement timeout, under which a recording that waits for a busy key row
  * would fail and have to be tried again, and no asynchronous commit: a
  * claim must be on disk before its call is sent, or a crash loses the
@@ -258,6 +262,7 @@ CreateContexts(void)
 static void
 PinSessionSettings(void)
 {
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
@@ -687,7 +692,7 @@ ClaimStep(void *arg)
 	values[3] = LavaMakeArray(room_datums, NULL, nnear, INT4OID);
 	LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&ClaimPlan,
 												"SELECT request_id, spend_key_id, method, url, headers, body, timeout_ms "
-												"FROM lava._claim($1::int, $2::int, $3::uuid[], $4::int[])",
+												"FROM lava._claim($1::int, $2::int, $3::pg_catalog.uuid[], $4::int[])",
 												4, argtypes),
 								  values, NULL, false, 0),
 				 SPI_OK_SELECT, "lava._claim");

@@ -21,11 +21,11 @@
 #   - a recording step that waits for a locked key row is cancelled, and
 #     done again once the lock is gone: the answer is not taken for a bad
 #     one, and not sent again;
-# and the database's lock_timeout and default_transaction_isolation do not
-# reach the worker's and the recorder's steps.
+# and the database's lock_timeout, default_transaction_isolation and
+# search_path do not reach the worker's and the recorder's steps.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 53
+plan 55
 
 data="$LAVA_TEST_DIR/data"
 log="$LAVA_TEST_DIR/server.log"
@@ -105,11 +105,20 @@ wait "$holder"
 wait_status "$calls" completed 1; ok $? "once the lock is gone, the answer is recorded"
 is "$(summary "$calls")/$(mock_count cancel-step)" "1 completed/1/1" "after one attempt: it was not sent again"
 
-# 0c. the database's lock_timeout and default_transaction_isolation do not
-# reach the worker's steps: a recording that waits for a key row another
-# transaction updates neither times out nor fails to serialize
+# 0c. the database's lock_timeout, default_transaction_isolation and
+# search_path do not reach the worker's steps: a recording that waits for a
+# key row another transaction updates neither times out nor fails to
+# serialize, and a database owner's search_path lends the worker (a
+# superuser) none of its types: a trap domain named uuid sees no call
+q "CREATE SCHEMA evil; CREATE TABLE evil.hits (backend_type text);
+   CREATE FUNCTION evil.hit() RETURNS boolean LANGUAGE sql
+	 AS 'INSERT INTO evil.hits SELECT backend_type FROM pg_stat_activity WHERE pid = pg_backend_pid() RETURNING true';
+   CREATE DOMAIN evil.uuid AS pg_catalog.uuid CHECK (evil.hit())" >/dev/null
 q "ALTER DATABASE lava_it SET lock_timeout = '10ms'" postgres >/dev/null
 q "ALTER DATABASE lava_it SET default_transaction_isolation = 'serializable'" postgres >/dev/null
+q "ALTER DATABASE lava_it SET search_path = evil, pg_catalog, public" postgres >/dev/null
+q "SELECT '00000000-0000-0000-0000-000000000000'::uuid" >/dev/null
+is "$(q "SELECT count(*) FROM evil.hits")" 1 "the trap works: a session's uuid now resolves to evil.uuid"
 q "SELECT pg_terminate_backend($worker)" postgres >/dev/null
 worker=$(wait_backend 'lava worker' "$worker"); ok $? "a worker starts under those database settings"
 rec=$(wait_backend 'lava recorder' "$rec"); ok $? "and its recorder"
@@ -128,8 +137,11 @@ wait_status "$calls" completed 10; ok $? "once the row is free, the 10 are recor
 ! log_has "$pos" "lock timeout" && ! log_has "$pos" "could not serialize"
 ok $? "with no lock timeout and no serialization failure (server log)"
 is "$(summary "$calls")/$(mock_count pinned)" "10 completed/1/10" "after one attempt: none was sent again"
+is "$(q "SELECT count(*) FROM evil.hits WHERE backend_type LIKE 'lava%'")" 0 "and neither lava process ever resolved a name through that search_path"
 q "ALTER DATABASE lava_it RESET lock_timeout" postgres >/dev/null
 q "ALTER DATABASE lava_it RESET default_transaction_isolation" postgres >/dev/null
+q "ALTER DATABASE lava_it RESET search_path" postgres >/dev/null
+q "DROP SCHEMA evil CASCADE" >/dev/null 2>&1
 
 # 1. a fast shutdown with answers waiting for a stopped recorder and calls in flight
 worker=$(wait_backend 'lava worker'); ok $? "the worker runs"
