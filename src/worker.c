@@ -848,14 +848,16 @@ CompleteBatch(LavaOutcome *items, int n, Oid ext, uint64 end)
 /*
  * True when the step that just failed may succeed if tried again later: it
  * was cancelled (by pg_cancel_backend, a stop, or the stop's deadline),
- * timed out on a lock, or lost a deadlock or a serialization conflict.  The
- * outcomes are not at fault then.
+ * timed out on a lock, lost a deadlock or a serialization conflict, or
+ * found the database read-only for now (default_transaction_read_only).
+ * The outcomes are not at fault then.
  */
 static bool
 FailureMayPass(void)
 {
 	return StepErrcode == ERRCODE_QUERY_CANCELED ||
 		StepErrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		StepErrcode == ERRCODE_READ_ONLY_SQL_TRANSACTION ||
 		StepErrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
 		StepErrcode == ERRCODE_T_R_DEADLOCK_DETECTED;
 }

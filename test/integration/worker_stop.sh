@@ -22,10 +22,11 @@
 #     done again once the lock is gone: the answer is not taken for a bad
 #     one, and not sent again;
 # and the database's lock_timeout, default_transaction_isolation and
-# search_path do not reach the worker's and the recorder's steps.
+# search_path do not reach the worker's and the recorder's steps; a server
+# read-only for a while delays the recording, and loses nothing.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 55
+plan 59
 
 data="$LAVA_TEST_DIR/data"
 log="$LAVA_TEST_DIR/server.log"
@@ -142,6 +143,23 @@ q "ALTER DATABASE lava_it RESET lock_timeout" postgres >/dev/null
 q "ALTER DATABASE lava_it RESET default_transaction_isolation" postgres >/dev/null
 q "ALTER DATABASE lava_it RESET search_path" postgres >/dev/null
 q "DROP SCHEMA evil CASCADE" >/dev/null 2>&1
+
+# 0d. the server made read-only for a while (default_transaction_read_only
+# in postgresql.conf): answers wait, and are recorded once it is writable
+# again, each sent once (they used to be taken for bad answers, dropped,
+# and sent again at the next restart)
+calls=$(load 20 readonly 1500)
+wait_answered readonly 20
+pos=$(log_pos)
+q "ALTER SYSTEM SET default_transaction_read_only = on" postgres >/dev/null
+q "SELECT pg_reload_conf()" postgres >/dev/null
+sleep 2.5
+is "$(summary "$calls")" "20 running/1" "while the server is read-only, the 20 answers wait, unrecorded"
+log_has "$pos" "cannot execute"; ok $? "as the recording failed (server log)"
+psql -X -qAt -d postgres -c "SET default_transaction_read_only = off" -c "ALTER SYSTEM RESET default_transaction_read_only" >/dev/null
+q "SELECT pg_reload_conf()" postgres >/dev/null
+wait_status "$calls" completed 20; ok $? "writable again, the 20 are recorded"
+is "$(summary "$calls")/$(mock_count readonly)" "20 completed/1/20" "after one attempt: none was sent again"
 
 # 1. a fast shutdown with answers waiting for a stopped recorder and calls in flight
 worker=$(wait_backend 'lava worker'); ok $? "the worker runs"
