@@ -257,7 +257,9 @@ CreateContexts(void)
  * statement timeout, under which a recording that waits for a busy key row
  * would fail and have to be tried again, and no asynchronous commit: a
  * claim must be on disk before its call is sent, or a crash loses the
- * attempt that the upstream saw.  Called again after each reload.
+ * attempt that the upstream saw.  log_lock_waits is on, so that a step
+ * held up by a lock (a key row an open transaction holds) is in the log
+ * with the holder's pid.  Called again after each reload.
  */
 static void
 PinSessionSettings(void)
@@ -267,6 +269,8 @@ PinSessionSettings(void)
 	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("idle_in_transaction_session_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	/* a step that waits for a lock says so, naming who holds it */
+	SetConfigOption("log_lock_waits", "on", PGC_SUSET, PGC_S_OVERRIDE);
 	/* (a stronger setting, waiting for standbys, is kept) */
 	if (strcmp(GetConfigOption("synchronous_commit", false, false), "off") == 0)
 		SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_OVERRIDE);

@@ -26,7 +26,7 @@
 # read-only for a while delays the recording, and loses nothing.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 59
+plan 60
 
 data="$LAVA_TEST_DIR/data"
 log="$LAVA_TEST_DIR/server.log"
@@ -127,6 +127,7 @@ pos=$(log_pos)
 calls=$(load 10 pinned 1500)
 wait_answered pinned 10
 lock_key 4 update
+holder_pid=$(q "SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(4)'" postgres)
 for i in $(seq 1 50); do
 	[ "$(q "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $rec" postgres)" = Lock ] && break
 	sleep 0.1
@@ -137,6 +138,8 @@ wait "$holder"
 wait_status "$calls" completed 10; ok $? "once the row is free, the 10 are recorded"
 ! log_has "$pos" "lock timeout" && ! log_has "$pos" "could not serialize"
 ok $? "with no lock timeout and no serialization failure (server log)"
+log_has "$pos" "process $rec still waiting for" && log_has "$pos" "Process holding the lock: $holder_pid."
+ok $? "the wait is in the log, with the holder's pid (log_lock_waits)"
 is "$(summary "$calls")/$(mock_count pinned)" "10 completed/1/10" "after one attempt: none was sent again"
 is "$(q "SELECT count(*) FROM evil.hits WHERE backend_type LIKE 'lava%'")" 0 "and neither lava process ever resolved a name through that search_path"
 q "ALTER DATABASE lava_it RESET lock_timeout" postgres >/dev/null
