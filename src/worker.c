@@ -276,6 +276,25 @@ PinSessionSettings(void)
 		SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
+/*
+ * The head of either process's loop: a fresh loop context, interrupts, and
+ * a pending configuration reload, after which the session settings are
+ * pinned again.  True when it reloaded.
+ */
+static bool
+BeginLoopTurn(void)
+{
+	MemoryContextReset(LoopContext);
+	MemoryContextSwitchTo(LoopContext);
+	CHECK_FOR_INTERRUPTS();
+	if (!ConfigReloadPending)
+		return false;
+	ConfigReloadPending = false;
+	ProcessConfigFile(PGC_SIGHUP);
+	PinSessionSettings();
+	return true;
+}
+
 /* Creates the HTTP client and the wait set: latch, postmaster death, curl. */
 static void
 StartHttp(void)
@@ -1422,9 +1441,9 @@ StopWorker(void)
 			break;
 
 		/* wait for an answer, or for the recorder to let the outbox go */
-		timeout = remaining;
-		if (LavaHttpTimeoutMs(Http) >= 0)
-			timeout = Min(timeout, LavaHttpTimeoutMs(Http));
+		timeout = LavaHttpTimeoutMs(Http);
+		if (timeout < 0 || timeout > remaining)
+			timeout = remaining;
 		if (unrecorded)
 			timeout = Min(timeout, STOP_RETRY_MS);
 		WaitForWork(timeout);
@@ -1488,16 +1507,8 @@ LavaWorkerMain(Datum main_arg)
 	{
 		int64		in_flight;
 
-		MemoryContextReset(LoopContext);
-		MemoryContextSwitchTo(LoopContext);
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			PinSessionSettings();
+		if (BeginLoopTurn())
 			LavaHttpSetMaxConnections(Http, lava_max_concurrency);
-		}
 		if (StopRequested)
 			StopWorker();
 		if (LavaStateLeaveRequested(MyProcPid))
@@ -1573,15 +1584,7 @@ LavaRecorderMain(Datum main_arg)
 		long		timeout = IDLE_WAIT_MS;
 		TimestampTz now;
 
-		MemoryContextReset(LoopContext);
-		MemoryContextSwitchTo(LoopContext);
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			PinSessionSettings();
-		}
+		(void) BeginLoopTurn();
 		if (!lava_recorder || LavaStateWorkerPid() != worker_pid ||
 			LavaStateLeaveRequested(worker_pid))
 			proc_exit(0);
