@@ -156,3 +156,12 @@ key_balanced() {
 	   AND k.reserved_spend = 0
 	   FROM lava.spend_key_store k WHERE spend_key_id = '$1'"
 }
+
+# server_set NAME [VALUE]: ALTER SYSTEM SET NAME = VALUE (RESET without a
+# VALUE) and reload, from a session that is never read-only
+server_set() {
+	local stmt="ALTER SYSTEM RESET $1"
+	[ $# -gt 1 ] && stmt="ALTER SYSTEM SET $1 = $2"
+	psql -X -qAt -v ON_ERROR_STOP=1 -d postgres -c "SET default_transaction_read_only = off" -c "$stmt" >/dev/null &&
+		q "SELECT pg_reload_conf()" postgres >/dev/null
+}

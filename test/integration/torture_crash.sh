@@ -180,16 +180,14 @@ wait_done() {
 for round in $(seq 0 "$ROUNDS"); do
 	base=$((round * N))
 	if [ "$round" = "$ROUNDS" ]; then
-		q "ALTER SYSTEM RESET lava.max_attempts" >/dev/null
-		q "SELECT pg_reload_conf()" >/dev/null
+		server_set lava.max_attempts
 		sleep 1
 		LATENCY=300
 		diag "run $((round + 1)) with clean stops (mock latency $LATENCY ms)"
 	elif [ "$round" = $((ROUNDS - 1)) ] && [ "$ROUNDS" -gt 1 ]; then
 		# the last run with lava.max_attempts = 1: an interrupted request has
 		# no attempt left, so the crash rule ends it in error, uncharged
-		q "ALTER SYSTEM SET lava.max_attempts = 1" >/dev/null
-		q "SELECT pg_reload_conf()" >/dev/null
+		server_set lava.max_attempts 1
 		sleep 1
 		diag "run $((round + 1)) with lava.max_attempts = 1"
 	fi

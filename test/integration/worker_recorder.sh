@@ -88,14 +88,12 @@ sleep 0.5
 is "$(q "SELECT count(*) FROM lava.request_store WHERE request_id IN ($ids) AND attempts = 1")/$(mock_count both-gone)" "20/20" "each after one attempt, sent once"
 
 # 3. lava.recorder = off: no recorder, the worker records
-q "ALTER SYSTEM SET lava.recorder = off" postgres >/dev/null
-q "SELECT pg_reload_conf()" postgres >/dev/null
+server_set lava.recorder off
 wait_no_backend 'lava recorder'; ok $? "with lava.recorder off the recorder exits"
 is "$(q "SELECT recorder_pid IS NULL FROM lava.worker_status")" t "and lava.worker_status shows none"
 ids=$(load 30 off)
 wait_status "$ids" completed 30; ok $? "and the worker records results itself"
-q "ALTER SYSTEM RESET lava.recorder" postgres >/dev/null
-q "SELECT pg_reload_conf()" postgres >/dev/null
+server_set lava.recorder
 rec3=$(wait_backend 'lava recorder'); ok $? "turned on again, a recorder starts"
 ids=$(load 30 on-again)
 wait_status "$ids" completed 30; ok $? "and results are recorded"

@@ -45,8 +45,7 @@ invariants "immediate stop"
 # attempts).  wal_writer_delay = 10s keeps asynchronous commits unflushed
 # for that long.
 q "ALTER DATABASE lava_it SET synchronous_commit = off" postgres >/dev/null
-q "ALTER SYSTEM SET wal_writer_delay = '10s'" postgres >/dev/null
-q "SELECT pg_reload_conf()" postgres >/dev/null
+server_set wal_writer_delay "'10s'"
 pid=$(wait_backend 'lava worker')
 q "SELECT pg_terminate_backend($pid)" postgres >/dev/null
 pid=$(wait_backend 'lava worker' "$pid"); ok $? "a worker starts with synchronous_commit = off on its database"
@@ -58,8 +57,7 @@ as_postgres "$PGBIN/pg_ctl" -D "$LAVA_TEST_DIR/data" -m immediate -w stop >/dev/
 as_postgres "$PGBIN/pg_ctl" -D "$LAVA_TEST_DIR/data" -l "$LAVA_TEST_DIR/server.log" -w -t 60 start >/dev/null 2>&1
 wait_server; ok $? "after pg_ctl stop -m immediate, the server starts again"
 q "ALTER DATABASE lava_it RESET synchronous_commit" postgres >/dev/null
-q "ALTER SYSTEM RESET wal_writer_delay" postgres >/dev/null
-q "SELECT pg_reload_conf()" postgres >/dev/null
+server_set wal_writer_delay
 wait_status "$ids" completed 20; ok $? "the 20 complete"
 is "$(q "SELECT count(*) FILTER (WHERE attempts = 2) FROM lava.request_store WHERE request_id IN ($ids)")/$(mock_count async)" "20/40" \
 	"each was seen twice by the upstream, and both attempts are counted"

@@ -55,9 +55,16 @@ log_pos() { stat -c %s "$log"; }
 log_has() { tail -c "+$(($1 + 1))" "$log" | grep -qF "$2"; }
 stop_server() { as_postgres "$PGBIN/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null 2>&1; }
 start_server() { as_postgres "$PGBIN/pg_ctl" -D "$data" -l "$log" -w -t 60 start >/dev/null 2>&1 && wait_server; }
-set_stop_timeout() {
-	q "ALTER SYSTEM SET lava.stop_timeout = $1" postgres >/dev/null &&
-		q "SELECT pg_reload_conf()" postgres >/dev/null
+# lock_wait PID: waits (5 s at most) until process PID waits for a lock;
+# prints its wait event type then
+lock_wait() {
+	local i t
+	for i in $(seq 1 50); do
+		t=$(q "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1" postgres)
+		[ "$t" = Lock ] && break
+		sleep 0.1
+	done
+	echo "$t"
 }
 
 # lock_key SECONDS [update]: a transaction holds the key's row locked (or
@@ -92,11 +99,7 @@ is "$(summary "$calls")/$(mock_count cancel)" "20 completed/1/20" "after one att
 calls=$(load 1 cancel-step 1500)
 wait_answered cancel-step 1
 lock_key 5
-for i in $(seq 1 50); do
-	[ "$(q "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $rec" postgres)" = Lock ] && break
-	sleep 0.1
-done
-is "$(q "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $rec" postgres)" Lock "the recorder waits for the locked key row"
+is "$(lock_wait "$rec")" Lock "the recorder waits for the locked key row"
 pos=$(log_pos)
 q "SELECT pg_cancel_backend($rec)" postgres >/dev/null
 sleep 0.3
@@ -128,11 +131,7 @@ calls=$(load 10 pinned 1500)
 wait_answered pinned 10
 lock_key 4 update
 holder_pid=$(q "SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(4)'" postgres)
-for i in $(seq 1 50); do
-	[ "$(q "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $rec" postgres)" = Lock ] && break
-	sleep 0.1
-done
-is "$(q "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $rec" postgres)" Lock \
+is "$(lock_wait "$rec")" Lock \
 	"the recorder waits for the key row, past the database's lock_timeout of 10 ms"
 wait "$holder"
 wait_status "$calls" completed 10; ok $? "once the row is free, the 10 are recorded"
@@ -154,13 +153,11 @@ q "DROP SCHEMA evil CASCADE" >/dev/null 2>&1
 calls=$(load 20 readonly 1500)
 wait_answered readonly 20
 pos=$(log_pos)
-q "ALTER SYSTEM SET default_transaction_read_only = on" postgres >/dev/null
-q "SELECT pg_reload_conf()" postgres >/dev/null
+server_set default_transaction_read_only on
 sleep 2.5
 is "$(summary "$calls")" "20 running/1" "while the server is read-only, the 20 answers wait, unrecorded"
 log_has "$pos" "cannot execute"; ok $? "as the recording failed (server log)"
-psql -X -qAt -d postgres -c "SET default_transaction_read_only = off" -c "ALTER SYSTEM RESET default_transaction_read_only" >/dev/null
-q "SELECT pg_reload_conf()" postgres >/dev/null
+server_set default_transaction_read_only
 wait_status "$calls" completed 20; ok $? "writable again, the 20 are recorded"
 is "$(summary "$calls")/$(mock_count readonly)" "20 completed/1/20" "after one attempt: none was sent again"
 
@@ -189,7 +186,7 @@ sleep 0.5
 is "$(mock_count answered)/$(mock_count slow)" "30/40" "after the restart none was sent again"
 
 # 2. calls slower than lava.stop_timeout: dropped at the deadline, sent again
-set_stop_timeout "'1s'"
+server_set lava.stop_timeout "'1s'"
 beyond=$(load 20 beyond 4000)
 wait_answered beyond 20; ok $? "20 calls answered after 4 s are in flight"
 pos=$(log_pos)
@@ -232,21 +229,19 @@ rec=$(wait_backend 'lava recorder')
 kill -STOP "$rec"
 syncrep=$(load 20 syncrep)
 wait_answered syncrep 20 && wait_handed
-q "ALTER SYSTEM SET synchronous_standby_names = 'lava_nobody'" postgres >/dev/null
-q "SELECT pg_reload_conf()" postgres >/dev/null
+server_set synchronous_standby_names "'lava_nobody'"
 sleep 0.3
 pos=$(log_pos)
 q "SELECT pg_terminate_backend($worker)" postgres >/dev/null
 gone "$worker"; ok $? "with every commit waiting for a standby that never comes, the stopped worker still exits"
-q "ALTER SYSTEM RESET synchronous_standby_names" postgres >/dev/null
-q "SELECT pg_reload_conf()" postgres >/dev/null
+server_set synchronous_standby_names
 kill -CONT "$rec"
 log_has "$pos" "canceling wait for synchronous replication"; ok $? "its deadline cancelled the wait (server log)"
 sleep 0.5
 is "$(summary "$syncrep")/$(mock_count syncrep)" "20 completed/1/20" "the 20 answers were recorded, locally, and none was sent again"
 
 # 4. lava.stop_timeout = 0: the worker stops at once
-set_stop_timeout 0
+server_set lava.stop_timeout 0
 rec=$(wait_backend 'lava recorder')
 worker=$(wait_backend 'lava worker')
 kill -STOP "$rec"
@@ -273,7 +268,6 @@ q "SELECT pg_reload_conf()" postgres >/dev/null
 sleep 0.2
 is "$(q "SHOW lava.stop_timeout" postgres)" "$before" "and changes nothing"
 
-q "ALTER SYSTEM RESET lava.stop_timeout" postgres >/dev/null
-q "SELECT pg_reload_conf()" postgres >/dev/null
+server_set lava.stop_timeout
 await_all
 is "$(key_balanced "$kid")" t "key spend = sum of request costs = ledger, nothing reserved"
