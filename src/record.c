@@ -5,7 +5,7 @@
  *	  worker calls, and lava._record(), the same for SQL (the tests).  The
  *	  common answer (an OpenAI-shaped 2xx with integer usage for a request
  *	  still running) is written directly (LavaDirectRecord in direct.c),
- *	  then settled through lava._settle_many and notified, as lava._complete
+ *	  then settled through lava._settle_or_defer and notified, as lava._complete
  *	  does; every other outcome (retries, errors, garbage, Anthropic
  *	  answers, odd shapes) goes to lava._complete itself, in the same
  *	  transaction.  test/pgtap/record.sql compares the rows and the keys'
@@ -39,19 +39,21 @@ static SPIPlanPtr CompletePlan = NULL;
 static void
 SettleRecorded(const LavaSettleRow *rows, int n)
 {
-	Oid			types[6] = {UUIDARRAYOID, TIMESTAMPTZARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID,
-	INT8ARRAYOID, INT8ARRAYOID};
+	Oid			types[7] = {INT8ARRAYOID, UUIDARRAYOID, TIMESTAMPTZARRAYOID, NUMERICARRAYOID,
+	NUMERICARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+	Datum	   *ids = palloc(sizeof(Datum) * n);
 	Datum	   *keys = palloc(sizeof(Datum) * n);
 	Datum	   *ats = palloc(sizeof(Datum) * n);
 	Datum	   *reservations = palloc(sizeof(Datum) * n);
 	Datum	   *charges = palloc(sizeof(Datum) * n);
 	Datum	   *in_t = palloc(sizeof(Datum) * n);
 	Datum	   *out_t = palloc(sizeof(Datum) * n);
-	Datum		values[6];
+	Datum		values[7];
 	int			i;
 
 	for (i = 0; i < n; i++)
 	{
+		ids[i] = Int64GetDatum(rows[i].request_id);
 		keys[i] = rows[i].spend_key_id;
 		ats[i] = TimestampTzGetDatum(rows[i].admitted_at);
 		reservations[i] = rows[i].reservation;
@@ -59,18 +61,20 @@ SettleRecorded(const LavaSettleRow *rows, int n)
 		in_t[i] = Int64GetDatum(rows[i].input_tokens);
 		out_t[i] = Int64GetDatum(rows[i].output_tokens);
 	}
-	values[0] = LavaMakeArray(keys, NULL, n, UUIDOID);
-	values[1] = LavaMakeArray(ats, NULL, n, TIMESTAMPTZOID);
-	values[2] = LavaMakeArray(reservations, NULL, n, NUMERICOID);
-	values[3] = LavaMakeArray(charges, NULL, n, NUMERICOID);
-	values[4] = LavaMakeArray(in_t, NULL, n, INT8OID);
-	values[5] = LavaMakeArray(out_t, NULL, n, INT8OID);
+	values[0] = LavaMakeArray(ids, NULL, n, INT8OID);
+	values[1] = LavaMakeArray(keys, NULL, n, UUIDOID);
+	values[2] = LavaMakeArray(ats, NULL, n, TIMESTAMPTZOID);
+	values[3] = LavaMakeArray(reservations, NULL, n, NUMERICOID);
+	values[4] = LavaMakeArray(charges, NULL, n, NUMERICOID);
+	values[5] = LavaMakeArray(in_t, NULL, n, INT8OID);
+	values[6] = LavaMakeArray(out_t, NULL, n, INT8OID);
 	LavaCheckSpi(SPI_execute_plan(LavaSavedPlan(&SettlePlan,
-												"SELECT lava._settle_many($1::pg_catalog.uuid[], $2::pg_catalog.timestamptz[], "
-												"$3::numeric[], $4::numeric[], $5::bigint[], $6::bigint[])",
-												6, types),
+												"SELECT lava._settle_or_defer($1::bigint[], $2::pg_catalog.uuid[], "
+												"$3::pg_catalog.timestamptz[], $4::numeric[], $5::numeric[], "
+												"$6::bigint[], $7::bigint[])",
+												7, types),
 								  values, NULL, false, 0),
-				 SPI_OK_SELECT, "lava._settle_many");
+				 SPI_OK_SELECT, "lava._settle_or_defer");
 
 	/* lava._complete's notification, payload as jsonb_build_object prints it */
 	for (i = 0; i < n; i++)

@@ -53,6 +53,7 @@ typedef struct LavaWorkerState
 	int64		completed;
 	int64		failed;
 	char		last_error[LAVA_LAST_ERROR_LEN];
+	pg_atomic_uint32 deferred;	/* lava.deferred_settlements may have rows */
 	pg_atomic_uint64 generation;	/* bumped when requests became terminal */
 	ConditionVariable generation_cv;	/* broadcast at each bump */
 } LavaWorkerState;
@@ -72,6 +73,7 @@ PG_FUNCTION_INFO_V1(lava_wake_awaiters);
 PG_FUNCTION_INFO_V1(lava_worker_generation);
 PG_FUNCTION_INFO_V1(lava_wait_worker);
 PG_FUNCTION_INFO_V1(lava_worker_state);
+PG_FUNCTION_INFO_V1(lava_note_deferred);
 
 /* Shared memory needed for the worker state. */
 Size
@@ -92,6 +94,8 @@ LavaStateShmemInit(void)
 	{
 		memset(State, 0, sizeof(LavaWorkerState));
 		State->procno = -1;
+		/* (rows may have stayed from before the server started: look once) */
+		pg_atomic_init_u32(&State->deferred, 1);
 		pg_atomic_init_u64(&State->generation, 0);
 		ConditionVariableInit(&State->generation_cv);
 	}
@@ -330,6 +334,40 @@ LavaWakeAwaitersAtCommit(void)
 {
 	RegisterWakeCallback();
 	WakeAwaitersAtCommit = true;
+}
+
+/*
+ * lava._note_deferred() returns void: notes that settlements were deferred,
+ * so that the process that records comes back for them (a transaction that
+ * then rolls back leaves a note that the next look clears).
+ */
+Datum
+lava_note_deferred(PG_FUNCTION_ARGS)
+{
+	LavaStateNoteDeferred();
+	PG_RETURN_VOID();
+}
+
+/* Notes that lava.deferred_settlements may have rows. */
+void
+LavaStateNoteDeferred(void)
+{
+	CheckState();
+	pg_atomic_write_u32(&State->deferred, 1);
+}
+
+/* Takes the note of deferred settlements: true when there was one. */
+bool
+LavaStateTakeDeferred(void)
+{
+	return pg_atomic_exchange_u32(&State->deferred, 0) != 0;
+}
+
+/* True when deferred settlements may wait, without taking the note. */
+bool
+LavaStateDeferred(void)
+{
+	return pg_atomic_read_u32(&State->deferred) != 0;
 }
 
 /* lava._worker_generation() returns bigint: the current generation. */

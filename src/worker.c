@@ -11,7 +11,9 @@
  *	  1. drives curl and takes every finished call;
  *	  2. hands the outcomes to the recorder through the outbox (outbox.c);
  *		 without a recorder (lava.recorder off, or it stopped) it records
- *		 them itself in one short transaction: LavaRecordOutcomes (record.c);
+ *		 them itself in one short transaction: LavaRecordOutcomes (record.c),
+ *		 and makes the settlements a recording deferred because another
+ *		 transaction held a key's row (SettleDeferred);
  *	  3. while fewer than lava.max_concurrency calls are in flight, claims
  *		 more in one short transaction (lava._claim, lava._next_due) and,
  *		 after commit, hands them to curl;
@@ -26,7 +28,8 @@
  * records at a time (the outbox's consumer), so that two never settle the
  * same keys in different orders.  An outcome leaves the outbox only when
  * the transaction that recorded it commits, so stopping the recorder loses
- * nothing: the worker, or the next recorder, records what it left.
+ * nothing: the worker, or the next recorder, records what it left.  The
+ * recorder also makes the deferred settlements (SettleDeferred).
  *
  * On SIGTERM (a server shutdown, pg_terminate_backend) the worker claims
  * nothing more and, for up to lava.stop_timeout, waits for its calls in
@@ -98,6 +101,7 @@
 #define LINGER_MS 5				/* most a finished call waits for others to share
 								 * its transaction */
 #define STOP_RETRY_MS 10		/* stopping: try recording again after */
+#define SETTLE_RETRY_MS 250		/* deferred settlements: look again after */
 
 /* A request claimed by lava._claim, copied out of SPI, not yet submitted. */
 typedef struct Claimed
@@ -130,6 +134,12 @@ typedef struct ClaimWork
 	int			nrows;
 	double		next_due;		/* out: seconds, < 0 when nothing is queued */
 } ClaimWork;
+
+typedef struct SettleWork
+{
+	int64		settled;		/* out */
+	int64		remaining;
+} SettleWork;
 
 typedef struct CompleteWork
 {
@@ -172,6 +182,8 @@ static volatile sig_atomic_t StopRequested = false; /* SIGTERM came */
 static volatile sig_atomic_t InStep = false;	/* RunStep is running a step */
 static TimestampTz StopDeadline = 0;	/* StopWorker's: no step runs past it */
 static int	StepErrcode = 0;	/* SQLSTATE of the last step that failed */
+static TimestampTz DeferredSeenAt = 0;	/* when this process saw the note of
+										 * deferred settlements; 0: not seen */
 
 static bool InBackoff(void);
 
@@ -788,6 +800,22 @@ RecoverStep(void *arg)
 	*(int64 *) arg = SPI_processed == 1 ? ResultInt(1) : 0;
 }
 
+/* The settle step: lava._settle_deferred(). */
+static void
+SettleStep(void *arg)
+{
+	SettleWork *w = (SettleWork *) arg;
+
+	LavaCheckSpi(SPI_execute_with_args("SELECT settled, remaining FROM lava._settle_deferred()",
+									   0, NULL, NULL, NULL, false, 1),
+				 SPI_OK_SELECT, "lava._settle_deferred");
+	if (SPI_processed == 1)
+	{
+		w->settled = ResultInt(1);
+		w->remaining = ResultInt(2);
+	}
+}
+
 /* The purge step: lava._purge(lava.request_ttl). */
 static void
 PurgeStep(void *arg)
@@ -1085,6 +1113,55 @@ ConsumeOutbox(void)
 }
 
 /*
+ * Makes the settlements that recordings deferred because another
+ * transaction held a key's row (lava._settle_deferred), SETTLE_RETRY_MS
+ * after the note of them was seen and again every SETTLE_RETRY_MS while
+ * any remain.  As the outbox's consumer: one process settles at a time.
+ */
+static void
+SettleDeferred(void)
+{
+	SettleWork	w;
+	StepResult	r;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (!LavaStateDeferred())
+	{
+		DeferredSeenAt = 0;
+		return;
+	}
+	if (DeferredSeenAt == 0)
+		DeferredSeenAt = now;
+	if (!TimestampDifferenceExceeds(DeferredSeenAt, now, SETTLE_RETRY_MS) || InBackoff())
+		return;
+	if (!LavaOutboxBeginConsume())
+		return;
+	(void) LavaStateTakeDeferred();
+	DeferredSeenAt = 0;
+	memset(&w, 0, sizeof(w));
+	r = RunStep(IsRecorder ? "lava recorder: settling deferred settlements" :
+				"lava worker: settling deferred settlements", SettleStep, &w);
+	/* (a new note restarts the wait) */
+	if (r == STEP_FAILED || w.remaining > 0)
+		LavaStateNoteDeferred();
+	LavaOutboxEndConsume();
+}
+
+/* Milliseconds until SettleDeferred is due, or -1 when nothing waits. */
+static long
+SettleTimeout(void)
+{
+	long		ms;
+
+	if (!LavaStateDeferred())
+		return -1;
+	if (DeferredSeenAt == 0)
+		return SETTLE_RETRY_MS;
+	ms = SETTLE_RETRY_MS - TimestampDifferenceMilliseconds(DeferredSeenAt, GetCurrentTimestamp());
+	return Max(ms, 1);
+}
+
+/*
  * Starts the recorder (a dynamic background worker that lives no longer
  * than this worker) when lava.recorder is on and the start-up recovery is
  * done, starts it again a second after it stopped, and stops it when
@@ -1360,6 +1437,8 @@ NextTimeout(void)
 	}
 	if (RecordingBehind())
 		return Min(timeout, LINGER_MS);
+	if (!RecorderReady() && ExtensionPresent && !NeedRecover && SettleTimeout() >= 0)
+		timeout = Min(timeout, SettleTimeout());
 	if (LavaHttpInFlight(Http) < lava_max_concurrency)
 	{
 		if (ClaimWanted || NextClaimAt <= now)
@@ -1528,6 +1607,8 @@ LavaWorkerMain(Datum main_arg)
 			RecordOutcomes();
 		if (!RecorderReady() && !InBackoff() && !LavaOutboxEmpty())
 			ConsumeOutbox();	/* what a recorder that stopped left */
+		if (!RecorderReady() && ExtensionPresent && !NeedRecover)
+			SettleDeferred();
 		if ((ClaimWanted || GetCurrentTimestamp() >= NextClaimAt) && !InBackoff())
 		{
 			if (NeedRecover)
@@ -1592,10 +1673,13 @@ LavaRecorderMain(Datum main_arg)
 		ResetLatch(MyLatch);
 		if (!InBackoff())
 			ConsumeOutbox();
+		SettleDeferred();
 
 		now = GetCurrentTimestamp();
 		if (BackoffUntil > now)
 			timeout = Max(1, TimestampDifferenceMilliseconds(now, BackoffUntil));
+		else if (SettleTimeout() >= 0)
+			timeout = Min(timeout, SettleTimeout());
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
 	}

@@ -55,7 +55,19 @@ print(json.dumps([r for r in rs if ($1)]))"
 await_all() {
 	local i
 	for i in $(seq 1 600); do
-		[ "$(q "SELECT count(*) FROM lava.request_store WHERE status IN ('queued', 'running')")" = 0 ] && return 0
+		[ "$(q "SELECT count(*) FROM lava.request_store WHERE status IN ('queued', 'running')")" = 0 ] && wait_settled && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# wait_settled [KID]: waits (10 s at most) until no settlement (of the key
+# KID, else of any key) is deferred: lava.deferred_settlements is empty
+wait_settled() {
+	local i cond=true
+	[ -n "$1" ] && cond="spend_key_id = '$1'"
+	for i in $(seq 1 100); do
+		[ "$(q "SELECT count(*) FROM lava.deferred_settlements WHERE $cond")" = 0 ] && return 0
 		sleep 0.1
 	done
 	return 1
@@ -149,8 +161,10 @@ mock_key() {
 }
 
 # key_balanced KID: t when the key's total_spend equals both the sum of its
-# requests' costs and its daily ledger, and nothing is left reserved
+# requests' costs and its daily ledger, and nothing is left reserved, once
+# no settlement of the key is deferred
 key_balanced() {
+	wait_settled "$1"
 	q "SELECT k.total_spend = COALESCE((SELECT sum(cost) FROM lava.request_store r WHERE r.spend_key_id = k.spend_key_id), 0)
 	   AND k.total_spend = COALESCE((SELECT sum(cost) FROM lava.key_usage_daily d WHERE d.spend_key_id = k.spend_key_id), 0)
 	   AND k.reserved_spend = 0

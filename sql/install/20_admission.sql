@@ -145,6 +145,9 @@ COMMENT ON FUNCTION lava._admit(text, text, text, numeric) IS
 -- Either way each request enters the daily ledger under its day of
 -- admission.  One UPDATE per key and one upsert per key and day, whatever
 -- the number of requests: the worker settles its batches through it.
+-- The key rows are updated first, then the ledger rows: the order every
+-- settlement takes (and the recording's key locks come first too), so that
+-- two settlements of one key never wait for each other crosswise.
 -- Works on revoked keys too.
 CREATE FUNCTION lava._settle_many(spend_key_ids uuid[], admitted_ats timestamptz[], reservations numeric[],
 								  costs numeric[], input_tokens bigint[], output_tokens bigint[])
@@ -164,33 +167,27 @@ AS $$
 DECLARE
 	now_ts timestamptz := pg_catalog.clock_timestamp();
 BEGIN
-	WITH d AS MATERIALIZED (
-		SELECT x.id, x.admitted_at, x.reservation, x.cost, x.in_t, x.out_t
-		FROM unnest(spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens)
-			 AS x(id, admitted_at, reservation, cost, in_t, out_t)
-	),
-	settled AS (
-		UPDATE lava.spend_key_store k SET
-			reserved_spend = pg_catalog.trim_scale(GREATEST(k.reserved_spend - a.reserved, 0)),
-			spend_period_start = GREATEST(lava._period_start(k.spend_cycle, now_ts), k.spend_period_start),
-			period_spend = pg_catalog.trim_scale(
-				CASE WHEN lava._period_start(k.spend_cycle, now_ts) > k.spend_period_start THEN 0 ELSE k.period_spend END
-				+ a.current_cost),
-			total_spend = pg_catalog.trim_scale(k.total_spend + a.total_cost)
-		FROM (SELECT d.id, COALESCE(sum(d.reservation), 0) AS reserved, COALESCE(sum(d.cost), 0) AS total_cost,
-					 COALESCE(sum(d.cost) FILTER (WHERE d.admitted_at >=
-						 GREATEST(lava._period_start(k2.spend_cycle, now_ts), k2.spend_period_start)), 0) AS current_cost
-			  FROM d JOIN lava.spend_key_store k2 ON k2.spend_key_id = d.id
-			  GROUP BY d.id) a
-		WHERE k.spend_key_id = a.id
-		RETURNING 1
-	)
+	UPDATE lava.spend_key_store k SET
+		reserved_spend = pg_catalog.trim_scale(GREATEST(k.reserved_spend - a.reserved, 0)),
+		spend_period_start = GREATEST(lava._period_start(k.spend_cycle, now_ts), k.spend_period_start),
+		period_spend = pg_catalog.trim_scale(
+			CASE WHEN lava._period_start(k.spend_cycle, now_ts) > k.spend_period_start THEN 0 ELSE k.period_spend END
+			+ a.current_cost),
+		total_spend = pg_catalog.trim_scale(k.total_spend + a.total_cost)
+	FROM (SELECT d.id, COALESCE(sum(d.reservation), 0) AS reserved, COALESCE(sum(d.cost), 0) AS total_cost,
+				 COALESCE(sum(d.cost) FILTER (WHERE d.admitted_at >=
+					 GREATEST(lava._period_start(k2.spend_cycle, now_ts), k2.spend_period_start)), 0) AS current_cost
+		  FROM unnest(spend_key_ids, admitted_ats, reservations, costs) AS d(id, admitted_at, reservation, cost)
+		  JOIN lava.spend_key_store k2 ON k2.spend_key_id = d.id
+		  GROUP BY d.id) a
+	WHERE k.spend_key_id = a.id;
+
 	INSERT INTO lava.key_usage_daily AS dl (spend_key_id, day, requests, input_tokens, output_tokens, cost)
 	SELECT d.id, (d.admitted_at AT TIME ZONE 'UTC')::date, pg_catalog.count(*),
 		   COALESCE(sum(d.in_t) FILTER (WHERE d.cost IS NOT NULL), 0),
 		   COALESCE(sum(d.out_t) FILTER (WHERE d.cost IS NOT NULL), 0),
 		   pg_catalog.trim_scale(COALESCE(sum(d.cost), 0))
-	FROM d
+	FROM unnest(spend_key_ids, admitted_ats, costs, input_tokens, output_tokens) AS d(id, admitted_at, cost, in_t, out_t)
 	GROUP BY 1, 2
 	ON CONFLICT ON CONSTRAINT key_usage_daily_pkey DO UPDATE SET
 		requests = dl.requests + EXCLUDED.requests,
@@ -201,6 +198,214 @@ END
 $$;
 COMMENT ON FUNCTION lava._settle_many(uuid[], timestamptz[], numeric[], numeric[], bigint[], bigint[]) IS
 	'internal: the settlement core; replaces reservations by actual costs, or releases them, in bulk';
+
+-- Settlements that the recording of answers could not make at once,
+-- because another transaction held the key's row: typically an application
+-- that enqueued on the key and has not committed yet.  Each request is
+-- already terminal, with its cost; only the key's counters and the daily
+-- ledger wait for it.  Until then the key keeps the request's reservation,
+-- the request's upper bound, so admission errs on the safe side.
+-- lava._settle_deferred makes them once the row is free (the worker's
+-- recorder tries every 250 ms); lava.spend_key_usage and the recount of a
+-- changed limit count them as they count requests in flight.
+CREATE TABLE lava.deferred_settlements (
+	request_id bigint PRIMARY KEY,
+	spend_key_id uuid NOT NULL,
+	admitted_at timestamptz NOT NULL,
+	reservation numeric NOT NULL,
+	cost numeric,					-- NULL: released without a charge
+	input_tokens bigint,
+	output_tokens bigint,
+	deferred_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+CREATE INDEX deferred_settlements_key_idx ON lava.deferred_settlements (spend_key_id);
+COMMENT ON TABLE lava.deferred_settlements IS
+	'settlements of terminal requests that wait for their key''s row to be free (internal)';
+SELECT pg_catalog.pg_extension_config_dump('lava.deferred_settlements', '');
+
+-- Notes in shared memory that settlements were deferred, so that the
+-- worker or its recorder comes back for them.
+CREATE FUNCTION lava._note_deferred()
+RETURNS void
+AS 'MODULE_PATHNAME', 'lava_note_deferred'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION lava._note_deferred() IS
+	'internal: tells the worker that lava.deferred_settlements has rows';
+
+-- Locks a key's row for the rest of the transaction, waiting at most 20 ms
+-- for another transaction that holds it: true when this one has it (or the
+-- key does not exist), false when the wait ran out.  A busy key, whose row
+-- one short enqueue after another takes, gets its turn in the lock queue;
+-- a row that an open transaction holds is given up.
+CREATE FUNCTION lava._lock_key_briefly(id uuid)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET lock_timeout = '20ms'
+AS $$
+BEGIN
+	PERFORM 1 FROM lava.spend_key_store s WHERE s.spend_key_id = id FOR NO KEY UPDATE;
+	RETURN true;
+EXCEPTION WHEN lock_not_available THEN
+	RETURN false;
+END
+$$;
+COMMENT ON FUNCTION lava._lock_key_briefly(uuid) IS
+	'internal: locks a key row, waiting at most 20 ms; false when another transaction keeps it';
+
+-- Locks the rows of `keys` for the rest of the transaction: every row free
+-- now at once, in key order, without waiting; then, in random order, a
+-- brief wait (lava._lock_key_briefly) for at most three of the others, so
+-- that a few held keys cost a recording at most 60 ms, and one held for
+-- long takes no other key's turn for good.  With spare_deferred, a key
+-- that already has deferred settlements is not waited for.  Returns the
+-- keys locked, and those without a row (nothing could ever free them).
+CREATE FUNCTION lava._lock_keys(keys uuid[], spare_deferred boolean)
+RETURNS uuid[]
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET jit = off
+AS $$
+DECLARE
+	got uuid[];
+	k uuid;
+BEGIN
+	SELECT pg_catalog.array_agg(l.id) INTO got
+	FROM (SELECT s.spend_key_id AS id FROM lava.spend_key_store s WHERE s.spend_key_id = ANY (keys)
+		  ORDER BY s.spend_key_id FOR NO KEY UPDATE OF s SKIP LOCKED) l;
+	got := COALESCE(got, '{}');
+	IF pg_catalog.cardinality(got) = pg_catalog.cardinality(keys) THEN
+		RETURN got;
+	END IF;
+	FOR k IN
+		SELECT x.id FROM unnest(keys) AS x(id)
+		WHERE x.id <> ALL (got)
+		  AND NOT (spare_deferred AND EXISTS (SELECT 1 FROM lava.deferred_settlements q WHERE q.spend_key_id = x.id))
+		ORDER BY pg_catalog.random() LIMIT 3
+	LOOP
+		IF lava._lock_key_briefly(k) THEN
+			got := got || k;
+		END IF;
+	END LOOP;
+	RETURN got;
+END
+$$;
+COMMENT ON FUNCTION lava._lock_keys(uuid[], boolean) IS
+	'internal: locks the key rows free now, and waits briefly for a few of the others';
+
+-- How the recording of answers settles its terminal requests (one array
+-- element each, as lava._settle_many, with the request ids): it locks the
+-- keys' rows (lava._lock_keys: those free now, and a brief wait for a few
+-- taken ones that have no deferred settlements yet).  Those keys' requests
+-- are settled through lava._settle_many; the others' settlements are
+-- deferred to lava.deferred_settlements.  So an application's open transaction on
+-- one key holds back that key's counters only, never the recording of
+-- other keys' answers.  Returns how many were deferred.
+CREATE FUNCTION lava._settle_or_defer(request_ids bigint[], spend_key_ids uuid[], admitted_ats timestamptz[],
+									  reservations numeric[], costs numeric[], input_tokens bigint[],
+									  output_tokens bigint[])
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan
+SET jit = off
+AS $$
+DECLARE
+	keys uuid[];
+	got uuid[];
+	n integer;
+	s_keys uuid[];
+	s_ats timestamptz[];
+	s_reservations numeric[];
+	s_costs numeric[];
+	s_in bigint[];
+	s_out bigint[];
+BEGIN
+	SELECT pg_catalog.array_agg(DISTINCT x.id) INTO keys FROM unnest(spend_key_ids) AS x(id);
+	IF keys IS NULL THEN
+		RETURN 0;
+	END IF;
+	got := lava._lock_keys(keys, true);
+	IF pg_catalog.cardinality(got) = pg_catalog.cardinality(keys) THEN
+		-- the common case: every key's row was free
+		PERFORM lava._settle_many(spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens);
+		RETURN 0;
+	END IF;
+
+	SELECT pg_catalog.array_agg(x.id), pg_catalog.array_agg(x.admitted_at), pg_catalog.array_agg(x.reservation),
+		   pg_catalog.array_agg(x.cost), pg_catalog.array_agg(x.in_t), pg_catalog.array_agg(x.out_t)
+	INTO s_keys, s_ats, s_reservations, s_costs, s_in, s_out
+	FROM unnest(spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens)
+		 AS x(id, admitted_at, reservation, cost, in_t, out_t)
+	WHERE x.id = ANY (got);
+	IF s_keys IS NOT NULL THEN
+		PERFORM lava._settle_many(s_keys, s_ats, s_reservations, s_costs, s_in, s_out);
+	END IF;
+
+	INSERT INTO lava.deferred_settlements (request_id, spend_key_id, admitted_at, reservation, cost,
+										   input_tokens, output_tokens)
+	SELECT x.rid, x.id, x.admitted_at, x.reservation, x.cost, x.in_t, x.out_t
+	FROM unnest(request_ids, spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens)
+		 AS x(rid, id, admitted_at, reservation, cost, in_t, out_t)
+	WHERE x.id <> ALL (got);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	IF n > 0 THEN
+		PERFORM lava._note_deferred();
+	END IF;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION lava._settle_or_defer(bigint[], uuid[], timestamptz[], numeric[], numeric[], bigint[], bigint[]) IS
+	'internal (worker): settles what it can lock now, defers the settlements of keys another transaction holds';
+
+-- Makes the deferred settlements whose keys' rows it can lock
+-- (lava._lock_keys: those free now, and a brief wait for a few others).
+-- Returns how many it made and how many remain.  The worker, or its recorder, calls it
+-- while any remain.
+CREATE FUNCTION lava._settle_deferred(OUT settled integer, OUT remaining integer)
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET jit = off
+AS $$
+DECLARE
+	keys uuid[];
+	got uuid[];
+	s_keys uuid[];
+	s_ats timestamptz[];
+	s_reservations numeric[];
+	s_costs numeric[];
+	s_in bigint[];
+	s_out bigint[];
+BEGIN
+	settled := 0;
+	SELECT pg_catalog.array_agg(DISTINCT q.spend_key_id) INTO keys FROM lava.deferred_settlements q;
+	IF keys IS NULL THEN
+		remaining := 0;
+		RETURN;
+	END IF;
+	got := lava._lock_keys(keys, false);
+
+	WITH gone AS (
+		DELETE FROM lava.deferred_settlements q WHERE q.spend_key_id = ANY (got)
+		RETURNING q.spend_key_id, q.admitted_at, q.reservation, q.cost, q.input_tokens, q.output_tokens
+	)
+	SELECT pg_catalog.count(*), pg_catalog.array_agg(g.spend_key_id), pg_catalog.array_agg(g.admitted_at),
+		   pg_catalog.array_agg(g.reservation), pg_catalog.array_agg(g.cost), pg_catalog.array_agg(g.input_tokens),
+		   pg_catalog.array_agg(g.output_tokens)
+	INTO settled, s_keys, s_ats, s_reservations, s_costs, s_in, s_out
+	FROM gone g;
+	IF settled > 0 THEN
+		PERFORM lava._settle_many(s_keys, s_ats, s_reservations, s_costs, s_in, s_out);
+	END IF;
+	SELECT pg_catalog.count(*) INTO remaining FROM lava.deferred_settlements;
+END
+$$;
+COMMENT ON FUNCTION lava._settle_deferred() IS
+	'internal (worker): makes the deferred settlements whose keys are free; says how many remain';
 
 -- Settles one admitted request (lava._settle_many for one), refusing a
 -- negative cost or an unknown key.

@@ -108,7 +108,9 @@ SELECT pg_catalog.pg_extension_config_dump('lava.request_store', '');
 
 -- Settled cost and admitted requests of a key since `since`: the daily
 -- ledger holds settled requests; those still queued or running are counted
--- from lava.request_store.
+-- from lava.request_store, and those whose settlement is deferred from
+-- lava.deferred_settlements (their cost is not in the key's period spend
+-- yet: their settlement adds it).
 CREATE FUNCTION lava._ledger_since(id uuid, since timestamptz, OUT cost numeric, OUT requests bigint)
 LANGUAGE sql STABLE
 AS $$
@@ -116,6 +118,8 @@ AS $$
 		   COALESCE(sum(d.requests), 0)::bigint
 		   + (SELECT pg_catalog.count(*) FROM lava.request_store r
 			  WHERE r.spend_key_id = id AND r.status IN ('queued', 'running') AND r.admitted_at >= since)
+		   + (SELECT pg_catalog.count(*) FROM lava.deferred_settlements q
+			  WHERE q.spend_key_id = id AND q.admitted_at >= since)
 	FROM lava.key_usage_daily d
 	WHERE d.spend_key_id = id
 	  AND (since = '-infinity' OR d.day >= (since AT TIME ZONE 'UTC')::date)
@@ -713,15 +717,23 @@ BEGIN
 	END IF;
 	WITH days AS (
 		SELECT g::date AS day,
-			   COALESCE(d.requests, 0) + COALESCE(f.requests, 0) AS requests,
-			   COALESCE(d.input_tokens + d.output_tokens, 0) AS tokens,
-			   COALESCE(d.cost, 0) AS cost
+			   COALESCE(d.requests, 0) + COALESCE(f.requests, 0) + COALESCE(p.requests, 0) AS requests,
+			   COALESCE(d.input_tokens + d.output_tokens, 0) + COALESCE(p.tokens, 0) AS tokens,
+			   COALESCE(d.cost, 0) + COALESCE(p.cost, 0) AS cost
 		FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') g
 		LEFT JOIN lava.key_usage_daily d ON d.spend_key_id = id AND d.day = g::date
 		LEFT JOIN (SELECT (r.admitted_at AT TIME ZONE 'UTC')::date AS day, pg_catalog.count(*) AS requests
 				   FROM lava.request_store r
 				   WHERE r.spend_key_id = id AND r.status IN ('queued', 'running')
 				   GROUP BY 1) f ON f.day = g::date
+		-- (finished requests whose settlement is deferred: as the ledger will count them)
+		LEFT JOIN (SELECT (q.admitted_at AT TIME ZONE 'UTC')::date AS day, pg_catalog.count(*) AS requests,
+						  COALESCE(sum(COALESCE(q.input_tokens, 0) + COALESCE(q.output_tokens, 0))
+								   FILTER (WHERE q.cost IS NOT NULL), 0) AS tokens,
+						  COALESCE(sum(q.cost), 0) AS cost
+				   FROM lava.deferred_settlements q
+				   WHERE q.spend_key_id = id
+				   GROUP BY 1) p ON p.day = g::date
 	)
 	SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
 			   'date', days.day,

@@ -294,8 +294,9 @@ COMMENT ON FUNCTION lava._tokens(text) IS 'internal: a token count, or NULL when
 --   error: a 2xx that is not JSON (charged its reservation: the upstream did
 --     the work), or any other answer (charged nothing).
 -- Each terminal request settles its reservation once, through
--- lava._settle_many (the key counters, its cost in the period it was
--- admitted in, the daily ledger), and is notified.
+-- lava._settle_or_defer (the key counters, its cost in the period it was
+-- admitted in, the daily ledger; deferred while another transaction holds
+-- the key's row), and is notified.
 CREATE FUNCTION lava._complete(ids bigint[], http_statuses integer[], bodies text[], errors text[],
 							   retry_afters double precision[],
 							   OUT completed integer, OUT failed integer, OUT requeued integer)
@@ -413,7 +414,7 @@ BEGIN
 
 	-- every terminal request: settled once, notified, awaiters woken
 	IF done_ids IS NOT NULL THEN
-		PERFORM lava._settle_many(key_ids, admitted_ats, reservations, charges, in_tokens, out_tokens);
+		PERFORM lava._settle_or_defer(done_ids, key_ids, admitted_ats, reservations, charges, in_tokens, out_tokens);
 		PERFORM pg_catalog.pg_notify('lava_requests',
 			pg_catalog.jsonb_build_object('request_id', n.id, 'status', n.status)::text)
 		FROM unnest(done_ids, done_statuses) AS n(id, status);
@@ -428,7 +429,7 @@ COMMENT ON FUNCTION lava._complete(bigint[], integer[], text[], text[], double p
 -- this is its SQL face, for the tests): lava._complete's contract, with its
 -- common case (an OpenAI-shaped 2xx with integer usage for a running
 -- request) written directly (src/direct.c) and settled through
--- lava._settle_many; every other outcome goes to lava._complete.
+-- lava._settle_or_defer; every other outcome goes to lava._complete.
 CREATE FUNCTION lava._record(ids bigint[], http_statuses integer[], bodies text[], errors text[],
 							 retry_afters double precision[],
 							 OUT completed integer, OUT failed integer, OUT requeued integer)

@@ -16,7 +16,8 @@
 # After each recovery (one snapshot): no batch is partial, every confirmed
 # batch is there, reserved_spend = the reservations of the unfinished
 # requests, total_spend = sum of request costs = the ledger, total_requests =
-# rows, the ledger counts the finished ones, no prompt has two rows, and no
+# rows, the ledger counts the finished ones (each with the settlements still
+# deferred in lava.deferred_settlements set apart), no prompt has two rows, and no
 # finished request is charged wrongly (completed = its exact cost, error =
 # 0 and only for 'interrupted ... no attempts left').  At the end of each run
 # and overall: nothing lost (one row per prompt, all terminal), nothing
@@ -103,6 +104,8 @@ check_sql="WITH r AS (SELECT request_id, status, reservation, cost, metadata,
 	k AS (SELECT * FROM lava.spend_key_store WHERE spend_key_id = '$kid'),
 	d AS (SELECT COALESCE(sum(cost), 0) AS cost, COALESCE(sum(requests), 0) AS requests
 		  FROM lava.key_usage_daily WHERE spend_key_id = '$kid'),
+	p AS (SELECT COALESCE(sum(reservation), 0) AS reserved, COALESCE(sum(cost), 0) AS cost, count(*) AS n
+		  FROM lava.deferred_settlements WHERE spend_key_id = '$kid'),
 	a AS (SELECT COALESCE(sum(reservation) FILTER (WHERE status IN ('queued', 'running')), 0) AS reserved,
 				 COALESCE(sum(cost), 0) AS cost, count(*) AS n,
 				 count(*) FILTER (WHERE status IN ('completed', 'error', 'cancelled')) AS finished,
@@ -116,11 +119,14 @@ check_sql="WITH r AS (SELECT request_id, status, reservation, cost, metadata,
 				 count(DISTINCT metadata ->> 'n') AS distinct_n
 		  FROM r)
 	SELECT concat_ws('; ',
-		CASE WHEN k.reserved_spend <> a.reserved THEN 'reserved_spend ' || k.reserved_spend || ' <> unfinished reservations ' || a.reserved END,
-		CASE WHEN k.total_spend <> a.cost THEN 'total_spend ' || k.total_spend || ' <> sum of request costs ' || a.cost END,
+		CASE WHEN k.reserved_spend <> a.reserved + p.reserved THEN 'reserved_spend ' || k.reserved_spend
+			|| ' <> unfinished reservations ' || a.reserved || ' + deferred ' || p.reserved END,
+		CASE WHEN k.total_spend <> a.cost - p.cost THEN 'total_spend ' || k.total_spend || ' <> sum of request costs '
+			|| a.cost || ' - deferred ' || p.cost END,
 		CASE WHEN k.total_spend <> d.cost THEN 'total_spend ' || k.total_spend || ' <> ledger ' || d.cost END,
 		CASE WHEN k.total_requests <> a.n THEN 'total_requests ' || k.total_requests || ' <> rows ' || a.n END,
-		CASE WHEN d.requests <> a.finished THEN 'ledger requests ' || d.requests || ' <> finished rows ' || a.finished END,
+		CASE WHEN d.requests <> a.finished - p.n THEN 'ledger requests ' || d.requests || ' <> finished rows '
+			|| a.finished || ' - deferred ' || p.n END,
 		CASE WHEN a.distinct_n <> a.n THEN 'a prompt has several rows (' || a.n || ' rows, ' || a.distinct_n || ' prompts)' END,
 		CASE WHEN a.bad_completed > 0 THEN a.bad_completed || ' completed not at their exact cost' END,
 		CASE WHEN a.bad_error > 0 THEN a.bad_error || ' errors charged or not interrupted' END,
@@ -128,7 +134,7 @@ check_sql="WITH r AS (SELECT request_id, status, reservation, cost, metadata,
 		CASE WHEN a.cost_unfinished > 0 THEN a.cost_unfinished || ' unfinished with a cost' END,
 		CASE WHEN a.over > 0 THEN a.over || ' cost more than their reservation' END,
 		'e.g. request_id ' || array_to_string(a.eg, ', '))
-	FROM k, d, a"
+	FROM k, d, p, a"
 # every confirmed batch is there in full, and no batch is partial
 batches_sql() {
 	local confirmed
@@ -215,6 +221,7 @@ for round in $(seq 0 "$ROUNDS"); do
 		[ "$(q "SELECT count(*) FROM lava.request_store WHERE spend_key_id = '$kid' AND status IN ('queued', 'running')")" = 0 ] && break
 		sleep 0.1
 	done
+	wait_settled "$kid"
 	diag "run $((round + 1)) drained at +$(($(date +%s) - t0))s; in-doubt enqueues found committed so far: $(cat "$dir/in_doubt_committed" 2>/dev/null | wc -l);" \
 		"status/attempts: $(q "SELECT string_agg(status || '/' || attempts || '=' || n, ' ') FROM (SELECT status, attempts, count(*) n
 		FROM lava.request_store WHERE spend_key_id = '$kid' AND (metadata ->> 'b')::int / $BATCHES = $round GROUP BY 1, 2 ORDER BY 1, 2) x")"

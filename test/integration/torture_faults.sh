@@ -79,6 +79,7 @@ for i in $(seq 1 1200); do
 	[ "$(q "SELECT count(*) FROM lava.request_store WHERE spend_key_id = '$kid' AND status IN ('queued', 'running')")" = 0 ] && break
 	sleep 0.1
 done
+wait_settled "$kid"
 diag "drained in $(($(date +%s) - t0))s"
 is "$(q "SELECT count(*) FROM lava.request_store WHERE spend_key_id = '$kid' AND status IN ('queued', 'running')")" 0 \
 	"every request is terminal"

@@ -49,6 +49,7 @@ for i in $(seq 1 1200); do
 	[ "$(q "SELECT count(*) FROM lava.request_store WHERE spend_key_id = '$kid' AND status IN ('queued', 'running')")" = 0 ] && break
 	sleep 0.1
 done
+wait_settled "$kid"
 is "$(q "SELECT count(*) FROM lava.request_store WHERE spend_key_id = '$kid' AND status IN ('queued', 'running')")" 0 \
 	"every admitted request is terminal"
 is "$(q "SELECT count(*) FROM lava.request_store WHERE spend_key_id = '$kid' AND status = 'completed' AND attempts = 1

@@ -76,6 +76,7 @@ for i in $(seq 1 1200); do
 	[ "$(q "SELECT count(*) FROM lava.request_store WHERE spend_key_id = '$kid' AND status IN ('queued', 'running')")" = 0 ] && break
 	sleep 0.1
 done
+wait_settled "$kid"
 diag "drained $(($(date +%s) - t0))s after the start"
 is "$(q "SELECT count(*) FROM lava.request_store WHERE spend_key_id = '$kid' AND status IN ('queued', 'running')")" 0 \
 	"every request is terminal"

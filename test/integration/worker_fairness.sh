@@ -7,9 +7,16 @@
 # fill every slot holds at most its cap, so a key that comes later is served
 # at once, before any of the first key's calls has finished.  Set to 6 of 8,
 # then the default (all but a sixteenth: 30 of 32).
+#
+# Last, an open transaction that enqueued on key A (and so holds A's row)
+# holds back no answer, with the recorder and without it: every key's
+# answers are recorded at once, and only A's settlements wait, deferred,
+# until the transaction ends.  Meanwhile A keeps their reservations and
+# its usage report already counts them.  A busy key (8 clients enqueueing
+# on it without pause) still gets its settlements made as they come.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 8
+plan 29
 
 q "ALTER SYSTEM SET lava.max_concurrency = 8" >/dev/null
 q "SELECT pg_reload_conf()" >/dev/null
@@ -74,3 +81,63 @@ await_all
 
 q "ALTER SYSTEM RESET lava.max_concurrency" >/dev/null
 q "SELECT pg_reload_conf()" >/dev/null
+
+# deferred KEY_ID: how many of the key's settlements are deferred
+deferred() { q "SELECT count(*) FROM lava.deferred_settlements WHERE spend_key_id = '$1'"; }
+
+mock_key held; hkey=$key; hid=$kid
+mock_key free; fkey=$key; fid=$kid
+for mode in recorder worker; do
+	if [ "$mode" = worker ]; then
+		server_set lava.recorder off
+		wait_no_backend 'lava recorder'
+	fi
+	h=$(q "SELECT string_agg(lava.prompt('gpt-held', '#latency_ms=800 #in=5 #out=5 held-$mode ' || g, '{}', '$hkey')::text, ',') FROM generate_series(1, 5) g")
+	f=$(q "SELECT string_agg(lava.prompt('gpt-free', '#latency_ms=800 #in=5 #out=5 free-$mode ' || g, '{}', '$fkey')::text, ',') FROM generate_series(1, 5) g")
+	psql -X -qAt -d lava_it -c "BEGIN" -c "SELECT lava.prompt('gpt-held', '#in=5 #out=5 open-$mode', '{}', '$hkey')" \
+		-c "SELECT pg_sleep(6)" -c "COMMIT" >/dev/null &
+	holder=$!
+	t0=$(date +%s.%N)
+	wait_status "$h,$f" completed 10; ok $? "$mode: while an open transaction holds key A's row, both keys' 10 answers are recorded"
+	waited=$(awk "BEGIN { printf \"%.2f\", $(date +%s.%N) - $t0 }")
+	diag "$mode: recorded $waited s after the transaction opened (the calls take 0.8 s)"
+	awk "BEGIN { exit !($waited < 4) }"; ok $? "$mode: long before the transaction ends (6 s)"
+	is "$(deferred "$hid")/$(deferred "$fid")" "5/0" "$mode: only key A's 5 settlements are deferred"
+	is "$(q "SELECT k.reserved_spend > 0 AND k.total_spend = COALESCE((SELECT sum(cost) FROM lava.request_store r
+			 WHERE r.spend_key_id = k.spend_key_id AND r.request_id NOT IN ($h)), 0)
+			 FROM lava.spend_key_store k WHERE k.spend_key_id = '$hid'")" t \
+		"$mode: key A keeps their reservations and has charged none of them yet"
+	is "$(q "SELECT (lava.spend_key_usage('$hid', now() - interval '1 day') #>> '{totals,total_cost}')::numeric
+			 = (SELECT sum(cost) FROM lava.request_store WHERE spend_key_id = '$hid')")" t \
+		"$mode: key A's usage report already counts their cost"
+	is "$(key_balanced "$fid")" t "$mode: key B is settled: spend = its requests' costs = its ledger"
+	wait "$holder"
+	wait_settled "$hid"; ok $? "$mode: once the transaction commits, key A's settlements are made"
+	await_all
+	is "$(q "SELECT count(*) FILTER (WHERE attempts = 1) FROM lava.request_store WHERE request_id IN ($h, $f)")/$(mock_count "held-$mode")/$(mock_count "free-$mode")" \
+		"10/5/5" "$mode: each after one attempt, sent once"
+	is "$(key_balanced "$hid")" t "$mode: key A's spend = its requests' costs = its ledger, nothing reserved"
+done
+server_set lava.recorder
+wait_backend 'lava recorder' >/dev/null
+
+# a busy key: 8 pgbench clients enqueue on it for 4 s (1,500 a second) while its answers
+# come back; its settlements are made meanwhile, none waits long
+mock_key busy; bkey=$key; bid=$kid
+cat >"$LAVA_TEST_DIR/busy.sql" <<SQL
+SELECT lava.prompt('gpt-busy', '#in=5 #out=5 busy', '{}', '$bkey');
+SQL
+chown postgres "$LAVA_TEST_DIR/busy.sql" 2>/dev/null
+"$PGBIN/pgbench" -n -c 8 -j 2 -T 4 -R 1500 -f "$LAVA_TEST_DIR/busy.sql" lava_it >/dev/null 2>&1 &
+bench=$!
+sleep 2
+s1=$(q "SELECT total_spend FROM lava.spend_key_store WHERE spend_key_id = '$bid'")
+sleep 1
+s2=$(q "SELECT total_spend FROM lava.spend_key_store WHERE spend_key_id = '$bid'")
+old=$(q "SELECT count(*) FROM lava.deferred_settlements WHERE spend_key_id = '$bid' AND deferred_at < clock_timestamp() - interval '1 second'")
+wait "$bench"
+diag "busy key: total_spend $s1 then $s2 a second later; settlements deferred over a second: $old"
+is "$(q "SELECT $s2 > $s1")" t "under constant enqueues the busy key's settlements are made as its answers come"
+is "$old" 0 "and none of them waits more than a second"
+await_all
+is "$(key_balanced "$bid")" t "busy key: spend = its requests' costs = its ledger, nothing reserved"

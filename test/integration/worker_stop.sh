@@ -7,7 +7,7 @@
 #     after one attempt, and the upstream saw each once;
 #   - calls slower than lava.stop_timeout are dropped at the deadline, and
 #     sent again after the restart;
-#   - while a transaction holds the key's row locked, the stop gives up at
+#   - while a transaction holds the requests' rows locked, the stop gives up at
 #     the deadline and says so; the answers stay in the outbox, and the
 #     next worker records them, before its start-up recovery, once the lock
 #     is gone: none is sent again;
@@ -18,7 +18,7 @@
 #   - values out of range are refused with 22023 and change nothing;
 # and pg_cancel_backend cancels a step, never a process:
 #   - with calls in flight neither process exits, and none is sent again;
-#   - a recording step that waits for a locked key row is cancelled, and
+#   - a recording step that waits for a locked request row is cancelled, and
 #     done again once the lock is gone: the answer is not taken for a bad
 #     one, and not sent again;
 # and the database's lock_timeout, default_transaction_isolation and
@@ -67,11 +67,13 @@ lock_wait() {
 	echo "$t"
 }
 
-# lock_key SECONDS [update]: a transaction holds the key's row locked (or
-# updated) for SECONDS, in the background (its pid in holder), once it has it
-lock_key() {
-	local stmt="SELECT 1 FROM lava.spend_key_store WHERE spend_key_id = '$kid' FOR UPDATE"
-	[ "$2" = update ] && stmt="UPDATE lava.spend_key_store SET name = name WHERE spend_key_id = '$kid'"
+# lock_rows SECONDS IDS [update]: a transaction holds the rows of the
+# requests IDS (a SQL list) locked (or updated) for SECONDS, in the
+# background (its pid in holder), once it has them.  (A key's row held so
+# would only defer the key's settlements: see worker_fairness.sh.)
+lock_rows() {
+	local stmt="SELECT 1 FROM lava.request_store WHERE request_id IN ($2) FOR UPDATE"
+	[ "$3" = update ] && stmt="UPDATE lava.request_store SET metadata = metadata WHERE request_id IN ($2)"
 	psql -X -qAt -d lava_it -c "BEGIN" -c "$stmt" \
 		-c "SELECT pg_sleep($1)" -c "COMMIT" >/dev/null &
 	holder=$!
@@ -93,13 +95,13 @@ is "$(backend_pid 'lava worker')/$(backend_pid 'lava recorder')" "$worker/$rec" 
 wait_status "$calls" completed 20; ok $? "the 20 complete"
 is "$(summary "$calls")/$(mock_count cancel)" "20 completed/1/20" "after one attempt: none was sent again"
 
-# 0b. a recording step waiting for a locked key row is cancelled, and done
+# 0b. a recording step waiting for a locked request row is cancelled, and done
 # later: a cancel is not the answer's fault, even when it is alone in its
 # batch (it was once recorded as an error, and sent again)
 calls=$(load 1 cancel-step 1500)
 wait_answered cancel-step 1
-lock_key 5
-is "$(lock_wait "$rec")" Lock "the recorder waits for the locked key row"
+lock_rows 5 "$calls"
+is "$(lock_wait "$rec")" Lock "the recorder waits for the locked request row"
 pos=$(log_pos)
 q "SELECT pg_cancel_backend($rec)" postgres >/dev/null
 sleep 0.3
@@ -110,8 +112,8 @@ wait_status "$calls" completed 1; ok $? "once the lock is gone, the answer is re
 is "$(summary "$calls")/$(mock_count cancel-step)" "1 completed/1/1" "after one attempt: it was not sent again"
 
 # 0c. the database's lock_timeout, default_transaction_isolation and
-# search_path do not reach the worker's steps: a recording that waits for a
-# key row another transaction updates neither times out nor fails to
+# search_path do not reach the worker's steps: a recording that waits for
+# request rows another transaction updates neither times out nor fails to
 # serialize, and a database owner's search_path lends the worker (a
 # superuser) none of its types: a trap domain named uuid sees no call
 q "CREATE SCHEMA evil; CREATE TABLE evil.hits (backend_type text);
@@ -129,12 +131,12 @@ rec=$(wait_backend 'lava recorder' "$rec"); ok $? "and its recorder"
 pos=$(log_pos)
 calls=$(load 10 pinned 1500)
 wait_answered pinned 10
-lock_key 4 update
+lock_rows 4 "$calls" update
 holder_pid=$(q "SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(4)'" postgres)
 is "$(lock_wait "$rec")" Lock \
-	"the recorder waits for the key row, past the database's lock_timeout of 10 ms"
+	"the recorder waits for the request rows, past the database's lock_timeout of 10 ms"
 wait "$holder"
-wait_status "$calls" completed 10; ok $? "once the row is free, the 10 are recorded"
+wait_status "$calls" completed 10; ok $? "once the rows are free, the 10 are recorded"
 ! log_has "$pos" "lock timeout" && ! log_has "$pos" "could not serialize"
 ok $? "with no lock timeout and no serialization failure (server log)"
 log_has "$pos" "process $rec still waiting for" && log_has "$pos" "Process holding the lock: $holder_pid."
@@ -165,11 +167,11 @@ is "$(summary "$calls")/$(mock_count readonly)" "20 completed/1/20" "after one a
 worker=$(wait_backend 'lava worker'); ok $? "the worker runs"
 rec=$(wait_backend 'lava recorder'); ok $? "and its recorder"
 kill -STOP "$rec"
-answered=$(load 30 answered)
-wait_answered answered 30 && wait_handed
+answered=$(load 30 fast-stop-done)
+wait_answered fast-stop-done 30 && wait_handed
 is "$(summary "$answered")" "30 running/1" "30 answers wait in the outbox of a stopped recorder"
-slow=$(load 40 slow 1500)
-wait_answered slow 40; ok $? "40 calls answered after 1.5 s are in flight"
+slow=$(load 40 fast-stop-inflight 1500)
+wait_answered fast-stop-inflight 40; ok $? "40 calls answered after 1.5 s are in flight"
 pos=$(log_pos)
 stop_server &
 stopper=$!
@@ -183,7 +185,7 @@ is "$(summary "$answered")" "30 completed/1" "the 30 answers the outbox held wer
 is "$(summary "$slow")" "40 completed/1" "the 40 calls in flight were awaited and recorded"
 wait_backend 'lava recorder' >/dev/null
 sleep 0.5
-is "$(mock_count answered)/$(mock_count slow)" "30/40" "after the restart none was sent again"
+is "$(mock_count fast-stop-done)/$(mock_count fast-stop-inflight)" "30/40" "after the restart none was sent again"
 
 # 2. calls slower than lava.stop_timeout: dropped at the deadline, sent again
 server_set lava.stop_timeout "'1s'"
@@ -197,18 +199,18 @@ start_server; ok $? "the server starts again"
 wait_status "$beyond" completed 20; ok $? "the 20 requests complete after the restart"
 is "$(summary "$beyond")/$(mock_count beyond)" "20 completed/2/40" "each was sent again once: the stop did not wait past its timeout"
 
-# 3. a transaction holds the key's row: the stop gives up at the deadline,
+# 3. a transaction holds the requests' rows: the stop gives up at the deadline,
 # and the next worker records the answers once the lock is gone
 worker=$(wait_backend 'lava worker')
 rec=$(wait_backend 'lava recorder'); ok $? "a recorder runs"
 kill -STOP "$rec"
 locked=$(load 20 locked)
 wait_answered locked 20 && wait_handed
-lock_key 8
+lock_rows 8 "$locked"
 pos=$(log_pos)
 q "SELECT pg_terminate_backend($worker)" postgres >/dev/null
 gone "$worker"; ok $? "terminated, the worker exits"
-kill -0 "$holder" 2>/dev/null; ok $? "while the key's row is still locked: the stop gave up at lava.stop_timeout"
+kill -0 "$holder" 2>/dev/null; ok $? "while the request rows are still locked: the stop gave up at lava.stop_timeout"
 kill -CONT "$rec"
 log_has "$pos" "lava worker stopped before it could record every answer"
 ok $? "and said so (server log)"

@@ -1,6 +1,6 @@
 -- privileges.sql: roles, grants, SECURITY DEFINER hygiene and dump registration.
 BEGIN;
-SELECT plan(26);
+SELECT plan(28);
 
 SELECT has_role('lava_admin', 'the extension creates lava_admin');
 SELECT has_role('lava_user', 'the extension creates lava_user');
@@ -30,6 +30,8 @@ SELECT ok(NOT has_function_privilege('lava_user', 'lava._admit(text, text, text,
 	'lava_user may not call the admission core directly');
 SELECT ok(NOT has_table_privilege('lava_user', 'lava.spend_key_store', 'SELECT'), 'lava_user cannot read key digests');
 SELECT ok(NOT has_table_privilege('lava_user', 'lava.key_usage_daily', 'SELECT'), 'lava_user cannot read the ledger');
+SELECT ok(NOT has_table_privilege('lava_user', 'lava.deferred_settlements', 'SELECT'), 'lava_user cannot read deferred settlements');
+SELECT ok(NOT has_function_privilege('lava_user', 'lava._settle_deferred()', 'EXECUTE'), 'lava_user may not make settlements');
 SELECT ok(NOT has_table_privilege('lava_user', 'lava.spend_keys', 'SELECT'), 'lava_user cannot read the key view');
 
 SELECT ok(NOT has_table_privilege('lava_user', 'lava.providers', 'SELECT'), 'lava_user cannot read providers (API keys)');
@@ -64,7 +66,7 @@ RESET ROLE;
 -- user data is dumped by pg_dump
 SELECT is((SELECT array_agg(c::regclass::text ORDER BY c::regclass::text) FROM pg_extension e, unnest(e.extconfig) c
 		   WHERE e.extname = 'lava'),
-	ARRAY['lava.key_usage_daily', 'lava.login_policies', 'lava.models', 'lava.providers', 'lava.request_store', 'lava.spend_key_store'], 'tables holding user data are marked for pg_dump');
+	ARRAY['lava.deferred_settlements', 'lava.key_usage_daily', 'lava.login_policies', 'lava.models', 'lava.providers', 'lava.request_store', 'lava.spend_key_store'], 'tables holding user data are marked for pg_dump');
 
 SELECT * FROM finish();
 ROLLBACK;
