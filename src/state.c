@@ -53,7 +53,8 @@ typedef struct LavaWorkerState
 	int64		completed;
 	int64		failed;
 	char		last_error[LAVA_LAST_ERROR_LEN];
-	pg_atomic_uint32 deferred;	/* lava.deferred_settlements may have rows */
+	pg_atomic_uint32 deferred;	/* notes that lava.deferred_settlements may
+								 * have rows; 0: none since the last look */
 	pg_atomic_uint64 generation;	/* bumped when requests became terminal */
 	ConditionVariable generation_cv;	/* broadcast at each bump */
 } LavaWorkerState;
@@ -74,6 +75,7 @@ PG_FUNCTION_INFO_V1(lava_worker_generation);
 PG_FUNCTION_INFO_V1(lava_wait_worker);
 PG_FUNCTION_INFO_V1(lava_worker_state);
 PG_FUNCTION_INFO_V1(lava_note_deferred);
+PG_FUNCTION_INFO_V1(lava_deferred_noted);
 
 /* Shared memory needed for the worker state. */
 Size
@@ -348,26 +350,44 @@ lava_note_deferred(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * lava._deferred_noted() returns boolean: true when settlements may be
+ * deferred (a note is pending), so that a recording looks for those of the
+ * keys it locked only then.
+ */
+Datum
+lava_deferred_noted(PG_FUNCTION_ARGS)
+{
+	CheckState();
+	PG_RETURN_BOOL(LavaStateDeferredNotes() != 0);
+}
+
 /* Notes that lava.deferred_settlements may have rows. */
 void
 LavaStateNoteDeferred(void)
 {
 	CheckState();
-	pg_atomic_write_u32(&State->deferred, 1);
+	/* (never wraps to 0: a note stays a note) */
+	if (pg_atomic_add_fetch_u32(&State->deferred, 1) == 0)
+		pg_atomic_write_u32(&State->deferred, 1);
 }
 
-/* Takes the note of deferred settlements: true when there was one. */
-bool
-LavaStateTakeDeferred(void)
+/* The notes of deferred settlements: 0 when none is pending. */
+uint32
+LavaStateDeferredNotes(void)
 {
-	return pg_atomic_exchange_u32(&State->deferred, 0) != 0;
+	return pg_atomic_read_u32(&State->deferred);
 }
 
-/* True when deferred settlements may wait, without taking the note. */
-bool
-LavaStateDeferred(void)
+/*
+ * Clears the notes, as read before a look that found no deferred
+ * settlement left, unless a note came since.  A process that dies during
+ * its look leaves them.
+ */
+void
+LavaStateClearDeferred(uint32 seen)
 {
-	return pg_atomic_read_u32(&State->deferred) != 0;
+	(void) pg_atomic_compare_exchange_u32(&State->deferred, &seen, 0);
 }
 
 /* lava._worker_generation() returns bigint: the current generation. */

@@ -1115,8 +1115,10 @@ ConsumeOutbox(void)
 /*
  * Makes the settlements that recordings deferred because another
  * transaction held a key's row (lava._settle_deferred), SETTLE_RETRY_MS
- * after the note of them was seen and again every SETTLE_RETRY_MS while
- * any remain.  As the outbox's consumer: one process settles at a time.
+ * after a note of them was seen and every SETTLE_RETRY_MS while any remain.
+ * The notes are cleared only by a look that found none left, so a process
+ * that dies during its look leaves them for the next.  As the outbox's
+ * consumer: one process settles at a time.
  */
 static void
 SettleDeferred(void)
@@ -1124,8 +1126,9 @@ SettleDeferred(void)
 	SettleWork	w;
 	StepResult	r;
 	TimestampTz now = GetCurrentTimestamp();
+	uint32		seen = LavaStateDeferredNotes();
 
-	if (!LavaStateDeferred())
+	if (seen == 0)
 	{
 		DeferredSeenAt = 0;
 		return;
@@ -1134,16 +1137,15 @@ SettleDeferred(void)
 		DeferredSeenAt = now;
 	if (!TimestampDifferenceExceeds(DeferredSeenAt, now, SETTLE_RETRY_MS) || InBackoff())
 		return;
+	/* (the next look is due SETTLE_RETRY_MS from now, whatever happens) */
+	DeferredSeenAt = now;
 	if (!LavaOutboxBeginConsume())
 		return;
-	(void) LavaStateTakeDeferred();
-	DeferredSeenAt = 0;
 	memset(&w, 0, sizeof(w));
 	r = RunStep(IsRecorder ? "lava recorder: settling deferred settlements" :
 				"lava worker: settling deferred settlements", SettleStep, &w);
-	/* (a new note restarts the wait) */
-	if (r == STEP_FAILED || w.remaining > 0)
-		LavaStateNoteDeferred();
+	if (r == STEP_NO_EXTENSION || (r == STEP_DONE && w.remaining == 0))
+		LavaStateClearDeferred(seen);
 	LavaOutboxEndConsume();
 }
 
@@ -1153,7 +1155,7 @@ SettleTimeout(void)
 {
 	long		ms;
 
-	if (!LavaStateDeferred())
+	if (LavaStateDeferredNotes() == 0)
 		return -1;
 	if (DeferredSeenAt == 0)
 		return SETTLE_RETRY_MS;
@@ -1573,6 +1575,8 @@ LavaWorkerMain(Datum main_arg)
 	pqsignal(SIGTERM, HandleStopRequest);
 	PinSessionSettings();
 	LavaStateWorkerStarted();
+	/* (deferred settlements may have come with a restore: look once) */
+	LavaStateNoteDeferred();
 	before_shmem_exit(WorkerExit, (Datum) 0);
 	pgstat_report_appname("lava worker");
 

@@ -232,6 +232,15 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION lava._note_deferred() IS
 	'internal: tells the worker that lava.deferred_settlements has rows';
 
+-- True while a note of deferred settlements is pending (lava._note_deferred):
+-- only then may lava.deferred_settlements have rows.
+CREATE FUNCTION lava._deferred_noted()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'lava_deferred_noted'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION lava._deferred_noted() IS
+	'internal: false when lava.deferred_settlements has had no row since the worker last looked';
+
 -- Locks a key's row for the rest of the transaction, waiting at most 20 ms
 -- for another transaction that holds it: true when this one has it (or the
 -- key does not exist), false when the wait ran out.  A busy key, whose row
@@ -255,11 +264,10 @@ COMMENT ON FUNCTION lava._lock_key_briefly(uuid) IS
 -- Locks the rows of `keys` for the rest of the transaction: every row free
 -- now at once, in key order, without waiting; then, in random order, a
 -- brief wait (lava._lock_key_briefly) for at most three of the others, so
--- that a few held keys cost a recording at most 60 ms, and one held for
--- long takes no other key's turn for good.  With spare_deferred, a key
--- that already has deferred settlements is not waited for.  Returns the
--- keys locked, and those without a row (nothing could ever free them).
-CREATE FUNCTION lava._lock_keys(keys uuid[], spare_deferred boolean)
+-- that held keys cost a recording at most 60 ms, and one held for long
+-- takes no other key's turn for good.  Returns the keys locked, and those
+-- without a row among the three (nothing could ever free them).
+CREATE FUNCTION lava._lock_keys(keys uuid[])
 RETURNS uuid[]
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off
@@ -280,7 +288,6 @@ BEGIN
 	FOR k IN
 		SELECT x.id FROM unnest(keys) AS x(id)
 		WHERE x.id <> ALL (got)
-		  AND NOT (spare_deferred AND EXISTS (SELECT 1 FROM lava.deferred_settlements q WHERE q.spend_key_id = x.id))
 		ORDER BY pg_catalog.random() LIMIT 3
 	LOOP
 		IF lava._lock_key_briefly(k) THEN
@@ -290,15 +297,17 @@ BEGIN
 	RETURN got;
 END
 $$;
-COMMENT ON FUNCTION lava._lock_keys(uuid[], boolean) IS
+COMMENT ON FUNCTION lava._lock_keys(uuid[]) IS
 	'internal: locks the key rows free now, and waits briefly for a few of the others';
 
 -- How the recording of answers settles its terminal requests (one array
 -- element each, as lava._settle_many, with the request ids): it locks the
 -- keys' rows (lava._lock_keys: those free now, and a brief wait for a few
--- taken ones that have no deferred settlements yet).  Those keys' requests
--- are settled through lava._settle_many; the others' settlements are
--- deferred to lava.deferred_settlements.  So an application's open transaction on
+-- taken ones).  Those keys' requests are settled through
+-- lava._settle_many, together with any settlements deferred earlier for
+-- the same keys (so that a busy key, whose row many clients take in turn,
+-- is settled whenever one of its answers is recorded); the others'
+-- settlements are deferred to lava.deferred_settlements.  So an application's open transaction on
 -- one key holds back that key's counters only, never the recording of
 -- other keys' answers.  Returns how many were deferred.
 CREATE FUNCTION lava._settle_or_defer(request_ids bigint[], spend_key_ids uuid[], admitted_ats timestamptz[],
@@ -316,6 +325,7 @@ AS $$
 DECLARE
 	keys uuid[];
 	got uuid[];
+	older boolean;
 	n integer;
 	s_keys uuid[];
 	s_ats timestamptz[];
@@ -328,19 +338,29 @@ BEGIN
 	IF keys IS NULL THEN
 		RETURN 0;
 	END IF;
-	got := lava._lock_keys(keys, true);
-	IF pg_catalog.cardinality(got) = pg_catalog.cardinality(keys) THEN
+	got := lava._lock_keys(keys);
+	-- (a look into lava.deferred_settlements only while it may have rows)
+	older := lava._deferred_noted();
+	IF pg_catalog.cardinality(got) = pg_catalog.cardinality(keys) AND NOT older THEN
 		-- the common case: every key's row was free
 		PERFORM lava._settle_many(spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens);
 		RETURN 0;
 	END IF;
 
+	WITH gone AS (
+		DELETE FROM lava.deferred_settlements q WHERE older AND q.spend_key_id = ANY (got)
+		RETURNING q.spend_key_id, q.admitted_at, q.reservation, q.cost, q.input_tokens, q.output_tokens
+	)
 	SELECT pg_catalog.array_agg(x.id), pg_catalog.array_agg(x.admitted_at), pg_catalog.array_agg(x.reservation),
 		   pg_catalog.array_agg(x.cost), pg_catalog.array_agg(x.in_t), pg_catalog.array_agg(x.out_t)
 	INTO s_keys, s_ats, s_reservations, s_costs, s_in, s_out
-	FROM unnest(spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens)
-		 AS x(id, admitted_at, reservation, cost, in_t, out_t)
-	WHERE x.id = ANY (got);
+	FROM (SELECT x.id, x.admitted_at, x.reservation, x.cost, x.in_t, x.out_t
+		  FROM unnest(spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens)
+			   AS x(id, admitted_at, reservation, cost, in_t, out_t)
+		  WHERE x.id = ANY (got)
+		  UNION ALL
+		  SELECT g.spend_key_id, g.admitted_at, g.reservation, g.cost, g.input_tokens, g.output_tokens
+		  FROM gone g) x;
 	IF s_keys IS NOT NULL THEN
 		PERFORM lava._settle_many(s_keys, s_ats, s_reservations, s_costs, s_in, s_out);
 	END IF;
@@ -387,7 +407,7 @@ BEGIN
 		remaining := 0;
 		RETURN;
 	END IF;
-	got := lava._lock_keys(keys, false);
+	got := lava._lock_keys(keys);
 
 	WITH gone AS (
 		DELETE FROM lava.deferred_settlements q WHERE q.spend_key_id = ANY (got)

@@ -16,7 +16,7 @@
 # on it without pause) still gets its settlements made as they come.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 29
+plan 31
 
 q "ALTER SYSTEM SET lava.max_concurrency = 8" >/dev/null
 q "SELECT pg_reload_conf()" >/dev/null
@@ -92,16 +92,21 @@ for mode in recorder worker; do
 		server_set lava.recorder off
 		wait_no_backend 'lava recorder'
 	fi
-	h=$(q "SELECT string_agg(lava.prompt('gpt-held', '#latency_ms=800 #in=5 #out=5 held-$mode ' || g, '{}', '$hkey')::text, ',') FROM generate_series(1, 5) g")
-	f=$(q "SELECT string_agg(lava.prompt('gpt-free', '#latency_ms=800 #in=5 #out=5 free-$mode ' || g, '{}', '$fkey')::text, ',') FROM generate_series(1, 5) g")
+	h=$(q "SELECT string_agg(lava.prompt('gpt-held', '#latency_ms=1500 #in=5 #out=5 held-$mode ' || g, '{}', '$hkey')::text, ',') FROM generate_series(1, 5) g")
+	f=$(q "SELECT string_agg(lava.prompt('gpt-free', '#latency_ms=1500 #in=5 #out=5 free-$mode ' || g, '{}', '$fkey')::text, ',') FROM generate_series(1, 5) g")
+	t0=$(date +%s.%N)
 	psql -X -qAt -d lava_it -c "BEGIN" -c "SELECT lava.prompt('gpt-held', '#in=5 #out=5 open-$mode', '{}', '$hkey')" \
 		-c "SELECT pg_sleep(6)" -c "COMMIT" >/dev/null &
 	holder=$!
-	t0=$(date +%s.%N)
+	for i in $(seq 1 50); do
+		[ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(6)' AND state = 'active'")" = 1 ] && break
+		sleep 0.05
+	done
+	is "$(count_status "$h,$f" completed)" 0 "$mode: key A's row is held before any answer comes"
 	wait_status "$h,$f" completed 10; ok $? "$mode: while an open transaction holds key A's row, both keys' 10 answers are recorded"
 	waited=$(awk "BEGIN { printf \"%.2f\", $(date +%s.%N) - $t0 }")
-	diag "$mode: recorded $waited s after the transaction opened (the calls take 0.8 s)"
-	awk "BEGIN { exit !($waited < 4) }"; ok $? "$mode: long before the transaction ends (6 s)"
+	diag "$mode: recorded $waited s after the prompts were queued (the calls take 1.5 s)"
+	awk "BEGIN { exit !($waited < 4.5) }"; ok $? "$mode: long before the transaction ends (6 s)"
 	is "$(deferred "$hid")/$(deferred "$fid")" "5/0" "$mode: only key A's 5 settlements are deferred"
 	is "$(q "SELECT k.reserved_spend > 0 AND k.total_spend = COALESCE((SELECT sum(cost) FROM lava.request_store r
 			 WHERE r.spend_key_id = k.spend_key_id AND r.request_id NOT IN ($h)), 0)

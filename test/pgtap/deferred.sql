@@ -3,11 +3,12 @@
 -- their reservations, the usage report counts them (requests, tokens and
 -- cost) and the recount of a changed limit counts them as requests in
 -- flight; lava._settle_deferred makes them as lava._settle_many would have,
--- once.  lava._settle_or_defer defers nothing when every key's row is free.
+-- once.  lava._settle_or_defer defers nothing when every key's row is free,
+-- and takes a locked key's earlier deferred settlements along.
 -- (The deferral itself needs a second transaction holding the row: see
 -- test/integration/worker_fairness.sh.)
 BEGIN;
-SELECT plan(22);
+SELECT plan(27);
 
 CREATE TEMP TABLE k AS
 SELECT lava.create_spend_key('{"name": "deferred", "spend_limit": {"amount": "1.00", "cycle": "total"},
@@ -61,6 +62,22 @@ SELECT is(lava._settle_or_defer(ARRAY[-3::bigint], ARRAY[(adm).spend_key_id], AR
 SELECT is(pg_temp.doc() ->> 'total_spend', '0.15', 'and charges the cost at once');
 SELECT is(pg_temp.doc() ->> 'reserved_spend', '0.00', 'and releases the reservation');
 SELECT is(lava._settle_or_defer('{}', '{}', '{}', '{}', '{}', '{}', '{}'), 0, 'nothing to settle: nothing deferred');
+
+-- a recording that locks a key settles the key's earlier deferred
+-- settlements along with its own (a busy key is settled whenever one of
+-- its answers is recorded)
+INSERT INTO a SELECT g, lava._admit(pg_temp.key(), 'openai', 'gpt-4o-mini', 0.10) FROM generate_series(5, 6) g;
+INSERT INTO lava.deferred_settlements (request_id, spend_key_id, admitted_at, reservation, cost, input_tokens, output_tokens)
+SELECT -5, (adm).spend_key_id, (adm).admitted_at, (adm).reservation, 0.02, 3, 4 FROM a WHERE n = 5;
+SELECT is(lava._settle_or_defer(ARRAY[-6::bigint], ARRAY[(adm).spend_key_id], ARRAY[(adm).admitted_at],
+								ARRAY[(adm).reservation], ARRAY[0.03], ARRAY[5::bigint], ARRAY[6::bigint]), 0,
+	'a recording with a deferred settlement of its key pending defers nothing') FROM a, lava._note_deferred() WHERE n = 6;
+SELECT is((SELECT count(*)::int FROM lava.deferred_settlements WHERE spend_key_id = pg_temp.id()), 0,
+	'and takes the pending one along');
+SELECT is(pg_temp.doc() ->> 'total_spend', '0.20', 'both are charged (0.15 + 0.02 + 0.03)');
+SELECT is(pg_temp.doc() ->> 'reserved_spend', '0.00', 'both reservations are released');
+SELECT results_eq($$SELECT sum(requests), sum(input_tokens), sum(output_tokens), sum(cost) FROM lava.key_usage_daily WHERE spend_key_id = pg_temp.id()$$,
+	$$VALUES (5::numeric, 118::numeric, 65::numeric, 0.20::numeric)$$, 'the ledger has all five, once');
 SELECT is(lava._settle_or_defer(ARRAY[-4::bigint], ARRAY[gen_random_uuid()], ARRAY[now()], ARRAY[0.1],
 								ARRAY[0.1], ARRAY[1::bigint], ARRAY[1::bigint]), 0,
 	'a key without a row is not waited for (nothing could ever free it)');
