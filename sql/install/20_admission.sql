@@ -300,10 +300,28 @@ $$;
 COMMENT ON FUNCTION lava._lock_keys(uuid[]) IS
 	'internal: locks the key rows free now, and waits briefly for a few of the others';
 
+-- lava._settle_many, waiting at most 20 ms for any row another transaction
+-- holds (then lock_not_available, 55P03).
+CREATE FUNCTION lava._settle_many_briefly(spend_key_ids uuid[], admitted_ats timestamptz[], reservations numeric[],
+										  costs numeric[], input_tokens bigint[], output_tokens bigint[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET lock_timeout = '20ms'
+AS $$
+BEGIN
+	PERFORM lava._settle_many(spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens);
+END
+$$;
+COMMENT ON FUNCTION lava._settle_many_briefly(uuid[], timestamptz[], numeric[], numeric[], bigint[], bigint[]) IS
+	'internal: lava._settle_many with a 20 ms lock timeout';
+
 -- How the recording of answers settles its terminal requests (one array
--- element each, as lava._settle_many, with the request ids): it locks the
--- keys' rows (lava._lock_keys: those free now, and a brief wait for a few
--- taken ones).  Those keys' requests are settled through
+-- element each, as lava._settle_many, with the request ids).  Commonly in
+-- one go (lava._settle_many_briefly, in a subtransaction): every key's row
+-- is free, or is within 20 ms in its lock queue (a busy key, whose row one
+-- short enqueue after another takes).  Else, or while settlements may be
+-- deferred, it locks the keys' rows (lava._lock_keys: those free now, and
+-- a brief wait for a few taken ones).  Those keys' requests are settled through
 -- lava._settle_many, together with any settlements deferred earlier for
 -- the same keys (so that a busy key, whose row many clients take in turn,
 -- is settled whenever one of its answers is recorded); the others'
@@ -334,18 +352,24 @@ DECLARE
 	s_in bigint[];
 	s_out bigint[];
 BEGIN
+	-- (a look into lava.deferred_settlements only while it may have rows)
+	older := lava._deferred_noted();
+	IF NOT older THEN
+		-- the common case: every key's row is free, or soon is
+		BEGIN
+			PERFORM lava._settle_many_briefly(spend_key_ids, admitted_ats, reservations, costs, input_tokens,
+											  output_tokens);
+			RETURN 0;
+		EXCEPTION WHEN lock_not_available THEN
+			NULL;				-- a row stays held: lock those free, defer the rest
+		END;
+	END IF;
+
 	SELECT pg_catalog.array_agg(DISTINCT x.id) INTO keys FROM unnest(spend_key_ids) AS x(id);
 	IF keys IS NULL THEN
 		RETURN 0;
 	END IF;
 	got := lava._lock_keys(keys);
-	-- (a look into lava.deferred_settlements only while it may have rows)
-	older := lava._deferred_noted();
-	IF pg_catalog.cardinality(got) = pg_catalog.cardinality(keys) AND NOT older THEN
-		-- the common case: every key's row was free
-		PERFORM lava._settle_many(spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens);
-		RETURN 0;
-	END IF;
 
 	WITH gone AS (
 		DELETE FROM lava.deferred_settlements q WHERE older AND q.spend_key_id = ANY (got)
