@@ -12,11 +12,12 @@
 # holds back no answer, with the recorder and without it: every key's
 # answers are recorded at once, and only A's settlements wait, deferred,
 # until the transaction ends.  Meanwhile A keeps their reservations and
-# its usage report already counts them.  A busy key (8 clients enqueueing
-# on it without pause) still gets its settlements made as they come.
+# its usage report already counts them.  The start-up recovery does not
+# wait for a held key either.  A busy key (8 clients enqueueing on it)
+# still gets its settlements made as they come.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 31
+plan 35
 
 q "ALTER SYSTEM SET lava.max_concurrency = 8" >/dev/null
 q "SELECT pg_reload_conf()" >/dev/null
@@ -125,6 +126,37 @@ for mode in recorder worker; do
 done
 server_set lava.recorder
 wait_backend 'lava recorder' >/dev/null
+
+# the start-up recovery does not wait for a held key either: requests of
+# key A that a stopped worker left running, with no attempt left, end in
+# error at once, their releases deferred, and key B is served meanwhile
+server_set lava.max_attempts 1
+server_set lava.stop_timeout 0
+mock_key recover; rkey=$key; rid=$kid
+r=$(q "SELECT string_agg(lava.prompt('gpt-recover', '#latency_ms=3000 #in=5 #out=5 recover ' || g, '{}', '$rkey')::text, ',') FROM generate_series(1, 3) g")
+wait_status "$r" running 3
+psql -X -qAt -d lava_it -c "BEGIN" -c "SELECT lava.prompt('gpt-recover', '#in=5 #out=5 recover-open', '{}', '$rkey')" \
+	-c "SELECT pg_sleep(15)" -c "COMMIT" >/dev/null &
+holder=$!
+for i in $(seq 1 50); do
+	[ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(15)' AND state = 'active'")" = 1 ] && break
+	sleep 0.05
+done
+worker=$(backend_pid 'lava worker')
+q "SELECT pg_terminate_backend($worker)" >/dev/null
+wait_backend 'lava worker' "$worker" >/dev/null
+wait_status "$r" error 3 && kill -0 "$holder" 2>/dev/null
+ok $? "with key A's row held, the next worker's recovery ends A's 3 interrupted requests (no attempt left) in error"
+is "$(deferred "$rid")" 3 "and defers their releases"
+f=$(q "SELECT lava.prompt('gpt-free', '#in=5 #out=5 after-recover', '{}', '$fkey')")
+wait_status "$f" completed 1 && kill -0 "$holder" 2>/dev/null
+ok $? "the worker serves key B meanwhile"
+wait "$holder"
+server_set lava.max_attempts
+server_set lava.stop_timeout
+await_all
+is "$(q "SELECT reserved_spend FROM lava.spend_key_store WHERE spend_key_id = '$rid'")/$(key_balanced "$rid")" "0/t" \
+	"once the transaction ends, A's reservations are released: spend = its requests' costs = its ledger"
 
 # a busy key: 8 pgbench clients enqueue on it for 4 s (1,500 a second) while its answers
 # come back; its settlements are made meanwhile, none waits long
