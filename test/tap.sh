@@ -171,6 +171,19 @@ key_balanced() {
 	   FROM lava.spend_key_store k WHERE spend_key_id = '$1'"
 }
 
+# hold_open SECONDS STATEMENT: a transaction in TEST_DB runs STATEMENT (which
+# locks rows) and stays open SECONDS more, in the background (its pid in
+# holder); returns once it sleeps, so holding what STATEMENT locked
+hold_open() {
+	local i
+	psql -X -qAt -d "$TEST_DB" -c "BEGIN" -c "$2" -c "SELECT pg_sleep($1)" -c "COMMIT" >/dev/null &
+	holder=$!
+	for i in $(seq 1 100); do
+		[ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep($1)' AND state = 'active'" postgres)" = 1 ] && break
+		sleep 0.05
+	done
+}
+
 # server_set NAME [VALUE]: ALTER SYSTEM SET NAME = VALUE (RESET without a
 # VALUE) and reload, from a session that is never read-only
 server_set() {

@@ -96,13 +96,7 @@ for mode in recorder worker; do
 	h=$(q "SELECT string_agg(lava.prompt('gpt-held', '#latency_ms=1500 #in=5 #out=5 held-$mode ' || g, '{}', '$hkey')::text, ',') FROM generate_series(1, 5) g")
 	f=$(q "SELECT string_agg(lava.prompt('gpt-free', '#latency_ms=1500 #in=5 #out=5 free-$mode ' || g, '{}', '$fkey')::text, ',') FROM generate_series(1, 5) g")
 	t0=$(date +%s.%N)
-	psql -X -qAt -d lava_it -c "BEGIN" -c "SELECT lava.prompt('gpt-held', '#in=5 #out=5 open-$mode', '{}', '$hkey')" \
-		-c "SELECT pg_sleep(6)" -c "COMMIT" >/dev/null &
-	holder=$!
-	for i in $(seq 1 50); do
-		[ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(6)' AND state = 'active'")" = 1 ] && break
-		sleep 0.05
-	done
+	hold_open 6 "SELECT lava.prompt('gpt-held', '#in=5 #out=5 open-$mode', '{}', '$hkey')"
 	is "$(count_status "$h,$f" completed)" 0 "$mode: key A's row is held before any answer comes"
 	wait_status "$h,$f" completed 10; ok $? "$mode: while an open transaction holds key A's row, both keys' 10 answers are recorded"
 	waited=$(awk "BEGIN { printf \"%.2f\", $(date +%s.%N) - $t0 }")
@@ -135,13 +129,7 @@ server_set lava.stop_timeout 0
 mock_key recover; rkey=$key; rid=$kid
 r=$(q "SELECT string_agg(lava.prompt('gpt-recover', '#latency_ms=3000 #in=5 #out=5 recover ' || g, '{}', '$rkey')::text, ',') FROM generate_series(1, 3) g")
 wait_status "$r" running 3
-psql -X -qAt -d lava_it -c "BEGIN" -c "SELECT lava.prompt('gpt-recover', '#in=5 #out=5 recover-open', '{}', '$rkey')" \
-	-c "SELECT pg_sleep(15)" -c "COMMIT" >/dev/null &
-holder=$!
-for i in $(seq 1 50); do
-	[ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(15)' AND state = 'active'")" = 1 ] && break
-	sleep 0.05
-done
+hold_open 15 "SELECT lava.prompt('gpt-recover', '#in=5 #out=5 recover-open', '{}', '$rkey')"
 worker=$(backend_pid 'lava worker')
 q "SELECT pg_terminate_backend($worker)" >/dev/null
 wait_backend 'lava worker' "$worker" >/dev/null

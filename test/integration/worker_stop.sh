@@ -74,13 +74,7 @@ lock_wait() {
 lock_rows() {
 	local stmt="SELECT 1 FROM lava.request_store WHERE request_id IN ($2) FOR UPDATE"
 	[ "$3" = update ] && stmt="UPDATE lava.request_store SET metadata = metadata WHERE request_id IN ($2)"
-	psql -X -qAt -d lava_it -c "BEGIN" -c "$stmt" \
-		-c "SELECT pg_sleep($1)" -c "COMMIT" >/dev/null &
-	holder=$!
-	for i in $(seq 1 50); do
-		[ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep($1)' AND state = 'active'" postgres)" = 1 ] && break
-		sleep 0.1
-	done
+	hold_open "$1" "$stmt"
 }
 
 # 0. pg_cancel_backend: outside a step there is nothing to cancel
