@@ -1078,6 +1078,14 @@ RecordingBehind(void)
 	return NumOutcomes >= lava_max_concurrency || LavaOutboxBacklogged();
 }
 
+/* True when SettleDeferred has waited its SETTLE_RETRY_MS since a note. */
+static bool
+SettleDue(void)
+{
+	return DeferredSeenAt != 0 && LavaStateDeferredNotes() != 0 &&
+		TimestampDifferenceExceeds(DeferredSeenAt, GetCurrentTimestamp(), SETTLE_RETRY_MS);
+}
+
 /*
  * Records the outcomes in the outbox, batch by batch, unless another
  * process is its consumer: the recorder, or the worker while none runs.
@@ -1106,8 +1114,8 @@ ConsumeOutbox(void)
 		if (r == STEP_NO_EXTENSION)
 			LavaOutboxAdvance(ends[n - 1]); /* their requests went with it */
 		MemoryContextReset(ConsumeContext);
-		if (r != STEP_DONE)
-			break;
+		if (r != STEP_DONE || SettleDue())
+			break;				/* (a busy outbox must not keep SettleDeferred off) */
 	}
 	LavaOutboxEndConsume();
 }

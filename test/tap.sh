@@ -51,11 +51,15 @@ rs = json.load(sys.stdin)['requests']
 print(json.dumps([r for r in rs if ($1)]))"
 }
 
-# await_ids IDS...: waits (60 s at most) until every request is terminal.
+# await_all: waits (60 s at most) until every request is terminal, then (10 s
+# at most) until no settlement is deferred; fails if either does not come
 await_all() {
 	local i
 	for i in $(seq 1 600); do
-		[ "$(q "SELECT count(*) FROM lava.request_store WHERE status IN ('queued', 'running')")" = 0 ] && wait_settled && return 0
+		if [ "$(q "SELECT count(*) FROM lava.request_store WHERE status IN ('queued', 'running')")" = 0 ]; then
+			wait_settled
+			return
+		fi
 		sleep 0.1
 	done
 	return 1
@@ -179,9 +183,11 @@ hold_open() {
 	psql -X -qAt -d "$TEST_DB" -c "BEGIN" -c "$2" -c "SELECT pg_sleep($1)" -c "COMMIT" >/dev/null &
 	holder=$!
 	for i in $(seq 1 100); do
-		[ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep($1)' AND state = 'active'" postgres)" = 1 ] && break
+		[ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep($1)' AND state = 'active'" postgres)" = 1 ] && return 0
 		sleep 0.05
 	done
+	echo "# hold_open: the transaction did not start" >&2
+	return 1
 }
 
 # server_set NAME [VALUE]: ALTER SYSTEM SET NAME = VALUE (RESET without a

@@ -315,18 +315,54 @@ $$;
 COMMENT ON FUNCTION lava._settle_many_briefly(uuid[], timestamptz[], numeric[], numeric[], bigint[], bigint[]) IS
 	'internal: lava._settle_many with a 20 ms lock timeout';
 
--- How the recording of answers settles its terminal requests (one array
--- element each, as lava._settle_many, with the request ids).  Commonly in
--- one go (lava._settle_many_briefly, in a subtransaction): every key's row
--- is free, or is within 20 ms in its lock queue (a busy key, whose row one
--- short enqueue after another takes).  Else, or while settlements may be
--- deferred, it locks the keys' rows (lava._lock_keys: those free now, and
--- a brief wait for a few taken ones).  Those keys' requests are settled through
--- lava._settle_many, together with any settlements deferred earlier for
--- the same keys (so that a busy key, whose row many clients take in turn,
--- is settled whenever one of its answers is recorded); the others'
--- settlements are deferred to lava.deferred_settlements.  So an application's open transaction on
--- one key holds back that key's counters only, never the recording of
+-- Makes the deferred settlements of `keys`, whose rows the caller holds
+-- locked, through lava._settle_many_briefly; returns how many.
+CREATE FUNCTION lava._settle_deferred_of(keys uuid[])
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET jit = off
+AS $$
+DECLARE
+	n integer;
+	s_keys uuid[];
+	s_ats timestamptz[];
+	s_reservations numeric[];
+	s_costs numeric[];
+	s_in bigint[];
+	s_out bigint[];
+BEGIN
+	WITH gone AS (
+		DELETE FROM lava.deferred_settlements q WHERE q.spend_key_id = ANY (keys)
+		RETURNING q.spend_key_id, q.admitted_at, q.reservation, q.cost, q.input_tokens, q.output_tokens
+	)
+	SELECT pg_catalog.count(*), pg_catalog.array_agg(g.spend_key_id), pg_catalog.array_agg(g.admitted_at),
+		   pg_catalog.array_agg(g.reservation), pg_catalog.array_agg(g.cost), pg_catalog.array_agg(g.input_tokens),
+		   pg_catalog.array_agg(g.output_tokens)
+	INTO n, s_keys, s_ats, s_reservations, s_costs, s_in, s_out
+	FROM gone g;
+	IF n > 0 THEN
+		PERFORM lava._settle_many_briefly(s_keys, s_ats, s_reservations, s_costs, s_in, s_out);
+	END IF;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION lava._settle_deferred_of(uuid[]) IS
+	'internal: makes the deferred settlements of keys whose rows the caller holds';
+
+-- How terminal requests are settled (one array element each, as
+-- lava._settle_many, with the request ids): by the recording of answers,
+-- the start-up recovery and lava._finish.  Commonly in one go
+-- (lava._settle_many_briefly, in a subtransaction): every key's row is
+-- free, or is within 20 ms in its lock queue (a busy key, whose row one
+-- short enqueue after another takes).  Else it locks the keys' rows that it
+-- can (lava._lock_keys: those free now, and a brief wait for a few taken
+-- ones), settles those keys' requests, and defers the others' settlements
+-- to lava.deferred_settlements.  Either way, the locked keys' earlier
+-- deferred settlements come along (so that a busy key is settled whenever
+-- one of its answers is recorded).  So an application's open transaction
+-- on one key holds back that key's counters only, never the recording of
 -- other keys' answers.  Returns how many were deferred.
 CREATE FUNCTION lava._settle_or_defer(request_ids bigint[], spend_key_ids uuid[], admitted_ats timestamptz[],
 									  reservations numeric[], costs numeric[], input_tokens bigint[],
@@ -343,7 +379,6 @@ AS $$
 DECLARE
 	keys uuid[];
 	got uuid[];
-	older boolean;
 	n integer;
 	s_keys uuid[];
 	s_ats timestamptz[];
@@ -352,41 +387,35 @@ DECLARE
 	s_in bigint[];
 	s_out bigint[];
 BEGIN
-	-- (a look into lava.deferred_settlements only while it may have rows)
-	older := lava._deferred_noted();
-	IF NOT older THEN
-		-- the common case: every key's row is free, or soon is
-		BEGIN
-			PERFORM lava._settle_many_briefly(spend_key_ids, admitted_ats, reservations, costs, input_tokens,
-											  output_tokens);
-			RETURN 0;
-		EXCEPTION WHEN lock_not_available THEN
-			NULL;				-- a row stays held: lock those free, defer the rest
-		END;
-	END IF;
+	BEGIN
+		PERFORM lava._settle_many_briefly(spend_key_ids, admitted_ats, reservations, costs, input_tokens,
+										  output_tokens);
+		-- (a look into lava.deferred_settlements only while it may have rows)
+		IF lava._deferred_noted() THEN
+			PERFORM lava._settle_deferred_of(ARRAY(SELECT DISTINCT x.id FROM unnest(spend_key_ids) AS x(id)));
+		END IF;
+		RETURN 0;
+	EXCEPTION WHEN lock_not_available THEN
+		NULL;					-- a row stays held: lock those free, defer the rest
+	END;
 
 	SELECT pg_catalog.array_agg(DISTINCT x.id) INTO keys FROM unnest(spend_key_ids) AS x(id);
 	IF keys IS NULL THEN
 		RETURN 0;
 	END IF;
 	got := lava._lock_keys(keys);
-
-	WITH gone AS (
-		DELETE FROM lava.deferred_settlements q WHERE older AND q.spend_key_id = ANY (got)
-		RETURNING q.spend_key_id, q.admitted_at, q.reservation, q.cost, q.input_tokens, q.output_tokens
-	)
 	SELECT pg_catalog.array_agg(x.id), pg_catalog.array_agg(x.admitted_at), pg_catalog.array_agg(x.reservation),
 		   pg_catalog.array_agg(x.cost), pg_catalog.array_agg(x.in_t), pg_catalog.array_agg(x.out_t)
 	INTO s_keys, s_ats, s_reservations, s_costs, s_in, s_out
-	FROM (SELECT x.id, x.admitted_at, x.reservation, x.cost, x.in_t, x.out_t
-		  FROM unnest(spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens)
-			   AS x(id, admitted_at, reservation, cost, in_t, out_t)
-		  WHERE x.id = ANY (got)
-		  UNION ALL
-		  SELECT g.spend_key_id, g.admitted_at, g.reservation, g.cost, g.input_tokens, g.output_tokens
-		  FROM gone g) x;
+	FROM unnest(spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens)
+		 AS x(id, admitted_at, reservation, cost, in_t, out_t)
+	WHERE x.id = ANY (got);
 	IF s_keys IS NOT NULL THEN
-		PERFORM lava._settle_many(s_keys, s_ats, s_reservations, s_costs, s_in, s_out);
+		-- (the key rows are held: only another lock, say on a ledger row, could wait)
+		PERFORM lava._settle_many_briefly(s_keys, s_ats, s_reservations, s_costs, s_in, s_out);
+	END IF;
+	IF lava._deferred_noted() THEN
+		PERFORM lava._settle_deferred_of(got);
 	END IF;
 
 	INSERT INTO lava.deferred_settlements (request_id, spend_key_id, admitted_at, reservation, cost,
@@ -403,12 +432,12 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION lava._settle_or_defer(bigint[], uuid[], timestamptz[], numeric[], numeric[], bigint[], bigint[]) IS
-	'internal (worker): settles what it can lock now, defers the settlements of keys another transaction holds';
+	'internal: settles what it can lock now, defers the settlements of keys another transaction holds';
 
 -- Makes the deferred settlements whose keys' rows it can lock
 -- (lava._lock_keys: those free now, and a brief wait for a few others).
--- Returns how many it made and how many remain.  The worker, or its recorder, calls it
--- while any remain.
+-- Returns how many it made and how many remain.  The worker, or its
+-- recorder, calls it while any may remain.
 CREATE FUNCTION lava._settle_deferred(OUT settled integer, OUT remaining integer)
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off
@@ -417,33 +446,11 @@ SET jit = off
 AS $$
 DECLARE
 	keys uuid[];
-	got uuid[];
-	s_keys uuid[];
-	s_ats timestamptz[];
-	s_reservations numeric[];
-	s_costs numeric[];
-	s_in bigint[];
-	s_out bigint[];
 BEGIN
 	settled := 0;
 	SELECT pg_catalog.array_agg(DISTINCT q.spend_key_id) INTO keys FROM lava.deferred_settlements q;
-	IF keys IS NULL THEN
-		remaining := 0;
-		RETURN;
-	END IF;
-	got := lava._lock_keys(keys);
-
-	WITH gone AS (
-		DELETE FROM lava.deferred_settlements q WHERE q.spend_key_id = ANY (got)
-		RETURNING q.spend_key_id, q.admitted_at, q.reservation, q.cost, q.input_tokens, q.output_tokens
-	)
-	SELECT pg_catalog.count(*), pg_catalog.array_agg(g.spend_key_id), pg_catalog.array_agg(g.admitted_at),
-		   pg_catalog.array_agg(g.reservation), pg_catalog.array_agg(g.cost), pg_catalog.array_agg(g.input_tokens),
-		   pg_catalog.array_agg(g.output_tokens)
-	INTO settled, s_keys, s_ats, s_reservations, s_costs, s_in, s_out
-	FROM gone g;
-	IF settled > 0 THEN
-		PERFORM lava._settle_many(s_keys, s_ats, s_reservations, s_costs, s_in, s_out);
+	IF keys IS NOT NULL THEN
+		settled := lava._settle_deferred_of(lava._lock_keys(keys));
 	END IF;
 	SELECT pg_catalog.count(*) INTO remaining FROM lava.deferred_settlements;
 END

@@ -652,6 +652,9 @@ COMMENT ON FUNCTION lava.await(bigint, interval) IS
 	'waits until a request is terminal (or the timeout) and returns its document';
 
 -- Ends a request: status, result fields, settlement and NOTIFY in one place.
+-- The settlement goes through lava._settle_or_defer, so that a key row
+-- another transaction holds open defers it instead of making the caller
+-- (lava.cancel, the worker's claim) wait.
 CREATE FUNCTION lava._finish(id bigint, final_status text, failure text, cost numeric,
 							 in_tokens bigint DEFAULT NULL, out_tokens bigint DEFAULT NULL)
 RETURNS void
@@ -660,12 +663,16 @@ AS $$
 DECLARE
 	q lava.request_store;
 BEGIN
+	IF _finish.cost < 0 THEN
+		PERFORM lava._raise('22023', 'invalid cost: must not be negative', NULL, NULL);
+	END IF;
 	UPDATE lava.request_store s SET status = final_status, error = failure, completed_at = pg_catalog.clock_timestamp(),
 		cost = pg_catalog.trim_scale(COALESCE(_finish.cost, 0))
 	WHERE s.request_id = id AND s.status IN ('queued', 'running')
 	RETURNING * INTO q;
 	IF FOUND THEN
-		PERFORM lava._settle(q.spend_key_id, q.admitted_at, q.reservation, _finish.cost, in_tokens, out_tokens);
+		PERFORM lava._settle_or_defer(ARRAY[id], ARRAY[q.spend_key_id], ARRAY[q.admitted_at], ARRAY[q.reservation],
+									  ARRAY[_finish.cost], ARRAY[in_tokens], ARRAY[out_tokens]);
 		PERFORM pg_catalog.pg_notify('lava_requests',
 			pg_catalog.jsonb_build_object('request_id', id, 'status', final_status)::text);
 		PERFORM lava._wake_awaiters();

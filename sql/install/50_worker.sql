@@ -484,7 +484,9 @@ BEGIN
 	IF pg_catalog.cardinality(ids) > 0 THEN
 		-- released without a charge: NULL costs and tokens
 		none := pg_catalog.array_fill(NULL::bigint, ARRAY[pg_catalog.cardinality(ids)]);
-		PERFORM lava._settle_or_defer(ids, keys, ats, reservations, none::numeric[], none, none);
+		PERFORM lava._settle_or_defer(ids, keys, ats, reservations,
+									  pg_catalog.array_fill(NULL::numeric, ARRAY[pg_catalog.cardinality(ids)]),
+									  none, none);
 		PERFORM lava._wake_awaiters();
 	END IF;
 	RETURN n;
