@@ -67,6 +67,7 @@ static ProcessUtility_hook_type prev_process_utility = NULL;
 /* backend-local: set by lava._wake_worker() / lava._wake_awaiters() */
 static bool WakeWorkerAtCommit = false;
 static bool WakeAwaitersAtCommit = false;
+static bool NoteDeferredAtCommit = false;
 static bool XactCallbackRegistered = false;
 
 PG_FUNCTION_INFO_V1(lava_wake_worker);
@@ -269,14 +270,22 @@ WakeXactCallback(XactEvent event, void *arg)
 				WakeWorker();
 			if (WakeAwaitersAtCommit)
 				LavaStateBumpGeneration();
+			if (NoteDeferredAtCommit)
+				LavaStateNoteDeferred();
 			WakeWorkerAtCommit = false;
 			WakeAwaitersAtCommit = false;
+			NoteDeferredAtCommit = false;
 			break;
+		case XACT_EVENT_PREPARE:
+			/* (noted now: the look may come before COMMIT PREPARED, and miss it) */
+			if (NoteDeferredAtCommit)
+				LavaStateNoteDeferred();
+			/* fall through */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-		case XACT_EVENT_PREPARE:
 			WakeWorkerAtCommit = false;
 			WakeAwaitersAtCommit = false;
+			NoteDeferredAtCommit = false;
 			break;
 		default:
 			break;
@@ -339,27 +348,31 @@ LavaWakeAwaitersAtCommit(void)
 }
 
 /*
- * lava._note_deferred() returns void: notes that settlements were deferred,
- * so that the process that records comes back for them (a transaction that
- * then rolls back leaves a note that the next look clears).
+ * lava._note_deferred() returns void: notes, when the calling transaction
+ * commits, that it deferred settlements, so that the process that records
+ * comes back for them.  At commit, not before: a look that starts after
+ * the note then sees the rows, and one that started before cannot clear it
+ * (LavaStateClearDeferred), so no deferral is missed, whichever process
+ * made it.
  */
 Datum
 lava_note_deferred(PG_FUNCTION_ARGS)
 {
-	LavaStateNoteDeferred();
+	RegisterWakeCallback();
+	NoteDeferredAtCommit = true;
 	PG_RETURN_VOID();
 }
 
 /*
  * lava._deferred_noted() returns boolean: true when settlements may be
- * deferred (a note is pending), so that a recording looks for those of the
- * keys it locked only then.
+ * deferred (a note is pending, or this transaction will note some), so
+ * that a settlement looks for those of the keys it locked only then.
  */
 Datum
 lava_deferred_noted(PG_FUNCTION_ARGS)
 {
 	CheckState();
-	PG_RETURN_BOOL(LavaStateDeferredNotes() != 0);
+	PG_RETURN_BOOL(NoteDeferredAtCommit || LavaStateDeferredNotes() != 0);
 }
 
 /* Notes that lava.deferred_settlements may have rows. */

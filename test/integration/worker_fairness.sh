@@ -17,7 +17,7 @@
 # still gets its settlements made as they come.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 39
+plan 42
 
 q "ALTER SYSTEM SET lava.max_concurrency = 8" >/dev/null
 q "SELECT pg_reload_conf()" >/dev/null
@@ -166,6 +166,25 @@ is "$(deferred "$rid")" 1 "and defers its release"
 wait "$holder"
 await_all
 is "$(key_balanced "$rid")" t "after the commit, A's reservation is released: spend = its requests' costs = its ledger"
+
+# a deferral is noted when its transaction commits: the recorder's look,
+# which comes every 250 ms while it is open and sees nothing yet, cannot
+# clear the note and leave the deferred release behind
+c=$(psql -X -qAt -v ON_ERROR_STOP=1 -d lava_it <<SQL
+BEGIN;
+SELECT lava.prompt('gpt-recover', 'to cancel later', '{}', '$rkey') AS id \gset
+UPDATE lava.request_store SET next_attempt_at = now() + interval '1 hour' WHERE request_id = :id;
+COMMIT;
+SELECT :id;
+SQL
+)
+hold_open 5 "SELECT lava.prompt('gpt-recover', '#in=5 #out=5 note-open', '{}', '$rkey')"
+psql -X -qAt -d lava_it -c "BEGIN" -c "SELECT lava.cancel($c)" -c "SELECT pg_sleep(1.5)" -c "COMMIT" >/dev/null
+is "$(deferred "$rid")" 1 "a cancel that deferred its release, committed after 1.5 s open, left it deferred"
+wait "$holder"
+wait_settled "$rid"; ok $? "the recorder makes it once the key is free: the note came at commit, after the looks that saw nothing"
+await_all
+is "$(key_balanced "$rid")" t "key A: spend = its requests' costs = its ledger, nothing reserved"
 
 # a busy key: 8 pgbench clients enqueue on it for 4 s (1,500 a second) while its answers
 # come back; its settlements are made meanwhile, none waits long
