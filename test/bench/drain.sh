@@ -56,6 +56,10 @@ drain_at() {
 		FROM lava.request_store WHERE request_id > (SELECT max(request_id) FROM lava.request_store) - $N" | tr '|' ' ')
 	[ "$done_ok" = "$N" ] || die "only $done_ok of $N requests completed ($others others)"
 	[ "$(q "SELECT count(*) FROM lava.request_store")" = $((before + N)) ] || die "unexpected request count"
+	for i in $(seq 1 100); do
+		[ "$(q "SELECT count(*) FROM lava.deferred_settlements")" = 0 ] && break
+		sleep 0.1
+	done
 	[ "$(q "SELECT count(*) FROM lava.spend_key_store WHERE reserved_spend <> 0")" = 0 ] || die "reservations left unsettled"
 	secs=$(calc "$t_last - $t0")
 	RATE=$(calc "$N / $secs")

@@ -81,6 +81,11 @@ stop_bg "$RSS_RECORDER"
 
 echo "  requests by status:"
 q "SELECT status, count(*), COALESCE(sum(cost), 0) FROM lava.request_store GROUP BY 1 ORDER BY 1" | sed 's/^/    /'
+# (a settlement deferred while a key's row was held is made once it is free)
+for i in $(seq 1 100); do
+	[ "$(q "SELECT count(*) FROM lava.deferred_settlements")" = 0 ] && break
+	sleep 0.1
+done
 bad=$(q "SELECT count(*) FROM lava.spend_key_store k
 	WHERE k.total_spend IS DISTINCT FROM (SELECT COALESCE(sum(r.cost), 0) FROM lava.request_store r WHERE r.spend_key_id = k.spend_key_id)
 	   OR k.total_spend IS DISTINCT FROM (SELECT COALESCE(sum(d.cost), 0) FROM lava.key_usage_daily d WHERE d.spend_key_id = k.spend_key_id)
