@@ -523,7 +523,8 @@ COMMENT ON FUNCTION lava._worker_state() IS 'internal: the state of the worker a
 CREATE VIEW lava.worker_status AS
 SELECT s.running, s.pid,
 	   (SELECT pg_catalog.count(*) FROM lava.request_store q WHERE q.status = 'queued') AS queued,
-	   s.in_flight, s.completed, s.failed, s.started_at, s.last_error, s.recorder_pid
+	   s.in_flight, s.completed, s.failed, s.started_at, s.last_error, s.recorder_pid,
+	   (SELECT pg_catalog.count(*) FROM lava.deferred_settlements d) AS deferred_settlements
 FROM lava._worker_state() s;
 COMMENT ON VIEW lava.worker_status IS
-	'what the worker is doing: running, pid, queued, in flight, completed and failed counts since start, last error, and its recorder''s pid (NULL when none runs)';
+	'what the worker is doing: running, pid, queued, in flight, completed and failed counts since start, last error, its recorder''s pid (NULL when none runs), and the settlements deferred while a key''s row was held';

@@ -103,7 +103,8 @@ for mode in recorder worker; do
 	waited=$(awk "BEGIN { printf \"%.2f\", $(date +%s.%N) - $t0 }")
 	diag "$mode: recorded $waited s after the prompts were queued (the calls take 3 s)"
 	awk "BEGIN { exit !($waited < 7) }"; ok $? "$mode: long before the transaction ends (10 s)"
-	is "$(deferred "$hid")/$(deferred "$fid")" "5/0" "$mode: only key A's 5 settlements are deferred"
+	is "$(deferred "$hid")/$(deferred "$fid")/$(q "SELECT deferred_settlements FROM lava.worker_status")" "5/0/5" \
+		"$mode: only key A's 5 settlements are deferred, as lava.worker_status shows"
 	is "$(q "SELECT k.reserved_spend > 0 AND k.total_spend = COALESCE((SELECT sum(cost) FROM lava.request_store r
 			 WHERE r.spend_key_id = k.spend_key_id AND r.request_id NOT IN ($h)), 0)
 			 FROM lava.spend_key_store k WHERE k.spend_key_id = '$hid'")" t \
