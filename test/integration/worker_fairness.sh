@@ -149,17 +149,22 @@ await_all
 is "$(q "SELECT reserved_spend FROM lava.spend_key_store WHERE spend_key_id = '$rid'")/$(key_balanced "$rid")" "0/t" \
 	"once the transaction ends, A's reservations are released: spend = its requests' costs = its ledger"
 
-# lava.cancel does not wait for a held key either: a queued request of key
-# A (due in an hour) is cancelled at once while A's row is held, its
-# release deferred
-c=$(psql -X -qAt -v ON_ERROR_STOP=1 -d lava_it <<SQL
+# not_due PROMPT: the id of a request of key A queued with PROMPT and due
+# only in an hour (so that the worker leaves it queued)
+not_due() {
+	psql -X -qAt -v ON_ERROR_STOP=1 -d lava_it <<SQL
 BEGIN;
-SELECT lava.prompt('gpt-recover', 'to cancel', '{}', '$rkey') AS id \gset
+SELECT lava.prompt('gpt-recover', '$1', '{}', '$rkey') AS id \gset
 UPDATE lava.request_store SET next_attempt_at = now() + interval '1 hour' WHERE request_id = :id;
 COMMIT;
 SELECT :id;
 SQL
-)
+}
+
+# lava.cancel does not wait for a held key either: a queued request of key
+# A (due in an hour) is cancelled at once while A's row is held, its
+# release deferred
+c=$(not_due "to cancel")
 hold_open 8 "SELECT lava.prompt('gpt-recover', '#in=5 #out=5 cancel-open', '{}', '$rkey')"
 is "$(timeout 5 psql -X -qAt -d lava_it -c "SELECT lava.cancel($c) ->> 'status'")/$(kill -0 "$holder" 2>/dev/null && echo held)" "cancelled/held" \
 	"lava.cancel of key A's queued request returns at once while A's row is held"
@@ -171,14 +176,7 @@ is "$(key_balanced "$rid")" t "after the commit, A's reservation is released: sp
 # a deferral is noted when its transaction commits: the recorder's look,
 # which comes every 250 ms while it is open and sees nothing yet, cannot
 # clear the note and leave the deferred release behind
-c=$(psql -X -qAt -v ON_ERROR_STOP=1 -d lava_it <<SQL
-BEGIN;
-SELECT lava.prompt('gpt-recover', 'to cancel later', '{}', '$rkey') AS id \gset
-UPDATE lava.request_store SET next_attempt_at = now() + interval '1 hour' WHERE request_id = :id;
-COMMIT;
-SELECT :id;
-SQL
-)
+c=$(not_due "to cancel later")
 hold_open 5 "SELECT lava.prompt('gpt-recover', '#in=5 #out=5 note-open', '{}', '$rkey')"
 psql -X -qAt -d lava_it -c "BEGIN" -c "SELECT lava.cancel($c)" -c "SELECT pg_sleep(1.5)" -c "COMMIT" >/dev/null
 is "$(deferred "$rid")" 1 "a cancel that deferred its release, committed after 1.5 s open, left it deferred"
