@@ -77,6 +77,7 @@ PG_FUNCTION_INFO_V1(lava_wait_worker);
 PG_FUNCTION_INFO_V1(lava_worker_state);
 PG_FUNCTION_INFO_V1(lava_note_deferred);
 PG_FUNCTION_INFO_V1(lava_deferred_noted);
+PG_FUNCTION_INFO_V1(lava_deferred_here);
 
 /* Shared memory needed for the worker state. */
 Size
@@ -277,10 +278,11 @@ WakeXactCallback(XactEvent event, void *arg)
 			NoteDeferredAtCommit = false;
 			break;
 		case XACT_EVENT_PREPARE:
-			/* (noted now: the look may come before COMMIT PREPARED, and miss it) */
-			if (NoteDeferredAtCommit)
-				LavaStateNoteDeferred();
-			/* fall through */
+			/*
+			 * (no callback comes at COMMIT PREPARED, but a transaction that
+			 * deferred settlements cannot get here: each deferral comes with
+			 * a NOTIFY on lava_requests, which PREPARE refuses)
+			 */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			WakeWorkerAtCommit = false;
@@ -373,6 +375,16 @@ lava_deferred_noted(PG_FUNCTION_ARGS)
 {
 	CheckState();
 	PG_RETURN_BOOL(NoteDeferredAtCommit || LavaStateDeferredNotes() != 0);
+}
+
+/*
+ * lava._deferred_here() returns boolean: true when the current transaction
+ * has deferred settlements, so that it does not wait for a held key again.
+ */
+Datum
+lava_deferred_here(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(NoteDeferredAtCommit);
 }
 
 /* Notes that lava.deferred_settlements may have rows. */

@@ -1082,8 +1082,14 @@ RecordingBehind(void)
 static bool
 SettleDue(void)
 {
-	return DeferredSeenAt != 0 && LavaStateDeferredNotes() != 0 &&
-		TimestampDifferenceExceeds(DeferredSeenAt, GetCurrentTimestamp(), SETTLE_RETRY_MS);
+	if (LavaStateDeferredNotes() == 0)
+		return false;
+	if (DeferredSeenAt == 0)
+	{
+		DeferredSeenAt = GetCurrentTimestamp();	/* (seen now: due later) */
+		return false;
+	}
+	return TimestampDifferenceExceeds(DeferredSeenAt, GetCurrentTimestamp(), SETTLE_RETRY_MS);
 }
 
 /*
@@ -1114,8 +1120,14 @@ ConsumeOutbox(void)
 		if (r == STEP_NO_EXTENSION)
 			LavaOutboxAdvance(ends[n - 1]); /* their requests went with it */
 		MemoryContextReset(ConsumeContext);
-		if (r != STEP_DONE || SettleDue())
-			break;				/* (a busy outbox must not keep SettleDeferred off) */
+		if (r != STEP_DONE)
+			break;
+		if (SettleDue())
+		{
+			/* a busy outbox must not keep SettleDeferred off; back at once */
+			SetLatch(MyLatch);
+			break;
+		}
 	}
 	LavaOutboxEndConsume();
 }
@@ -1134,9 +1146,9 @@ SettleDeferred(void)
 	SettleWork	w;
 	StepResult	r;
 	TimestampTz now = GetCurrentTimestamp();
-	uint32		seen = LavaStateDeferredNotes();
+	uint32		seen;
 
-	if (seen == 0)
+	if (LavaStateDeferredNotes() == 0)
 	{
 		DeferredSeenAt = 0;
 		return;
@@ -1149,6 +1161,8 @@ SettleDeferred(void)
 	DeferredSeenAt = now;
 	if (!LavaOutboxBeginConsume())
 		return;
+	/* (read as the consumer, the only process that clears the notes) */
+	seen = LavaStateDeferredNotes();
 	memset(&w, 0, sizeof(w));
 	r = RunStep(IsRecorder ? "lava recorder: settling deferred settlements" :
 				"lava worker: settling deferred settlements", SettleStep, &w);

@@ -232,6 +232,15 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION lava._note_deferred() IS
 	'internal: tells the worker that lava.deferred_settlements has rows';
 
+-- True when the current transaction has deferred settlements (it then
+-- waits for no held key again: lava._settle_or_defer).
+CREATE FUNCTION lava._deferred_here()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'lava_deferred_here'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION lava._deferred_here() IS
+	'internal: true when this transaction has deferred settlements';
+
 -- True while a note of deferred settlements is pending (lava._note_deferred):
 -- only then may lava.deferred_settlements have rows.
 CREATE FUNCTION lava._deferred_noted()
@@ -263,11 +272,11 @@ COMMENT ON FUNCTION lava._lock_key_briefly(uuid) IS
 
 -- Locks the rows of `keys` for the rest of the transaction: every row free
 -- now at once, in key order, without waiting; then, in random order, a
--- brief wait (lava._lock_key_briefly) for at most three of the others, so
--- that held keys cost a recording at most 60 ms, and one held for long
--- takes no other key's turn for good.  Returns the keys locked, and those
--- without a row among the three (nothing could ever free them).
-CREATE FUNCTION lava._lock_keys(keys uuid[])
+-- brief wait (lava._lock_key_briefly) for at most max_waits of the others,
+-- so that held keys cost a recording at most max_waits x 20 ms, and one
+-- held for long takes no other key's turn for good.  Returns the keys
+-- locked, and those without a row (nothing could ever free them).
+CREATE FUNCTION lava._lock_keys(keys uuid[], max_waits integer)
 RETURNS uuid[]
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off
@@ -285,10 +294,12 @@ BEGIN
 	IF pg_catalog.cardinality(got) = pg_catalog.cardinality(keys) THEN
 		RETURN got;
 	END IF;
+	got := got || ARRAY(SELECT x.id FROM unnest(keys) AS x(id)
+						WHERE NOT EXISTS (SELECT 1 FROM lava.spend_key_store s WHERE s.spend_key_id = x.id));
 	FOR k IN
 		SELECT x.id FROM unnest(keys) AS x(id)
 		WHERE x.id <> ALL (got)
-		ORDER BY pg_catalog.random() LIMIT 3
+		ORDER BY pg_catalog.random() LIMIT max_waits
 	LOOP
 		IF lava._lock_key_briefly(k) THEN
 			got := got || k;
@@ -297,7 +308,7 @@ BEGIN
 	RETURN got;
 END
 $$;
-COMMENT ON FUNCTION lava._lock_keys(uuid[]) IS
+COMMENT ON FUNCTION lava._lock_keys(uuid[], integer) IS
 	'internal: locks the key rows free now, and waits briefly for a few of the others';
 
 -- lava._settle_many, waiting at most 20 ms for any row another transaction
@@ -387,23 +398,26 @@ DECLARE
 	s_in bigint[];
 	s_out bigint[];
 BEGIN
-	BEGIN
-		PERFORM lava._settle_many_briefly(spend_key_ids, admitted_ats, reservations, costs, input_tokens,
-										  output_tokens);
-		-- (a look into lava.deferred_settlements only while it may have rows)
-		IF lava._deferred_noted() THEN
-			PERFORM lava._settle_deferred_of(ARRAY(SELECT DISTINCT x.id FROM unnest(spend_key_ids) AS x(id)));
-		END IF;
-		RETURN 0;
-	EXCEPTION WHEN lock_not_available THEN
-		NULL;					-- a row stays held: lock those free, defer the rest
-	END;
+	-- (a transaction that deferred already, having waited, waits no more)
+	IF NOT lava._deferred_here() THEN
+		BEGIN
+			PERFORM lava._settle_many_briefly(spend_key_ids, admitted_ats, reservations, costs, input_tokens,
+											  output_tokens);
+			-- (a look into lava.deferred_settlements only while it may have rows)
+			IF lava._deferred_noted() THEN
+				PERFORM lava._settle_deferred_of(ARRAY(SELECT DISTINCT x.id FROM unnest(spend_key_ids) AS x(id)));
+			END IF;
+			RETURN 0;
+		EXCEPTION WHEN lock_not_available THEN
+			NULL;				-- a row stays held: lock those free, defer the rest
+		END;
+	END IF;
 
 	SELECT pg_catalog.array_agg(DISTINCT x.id) INTO keys FROM unnest(spend_key_ids) AS x(id);
 	IF keys IS NULL THEN
 		RETURN 0;
 	END IF;
-	got := lava._lock_keys(keys);
+	got := lava._lock_keys(keys, CASE WHEN lava._deferred_here() THEN 0 ELSE 3 END);
 	SELECT pg_catalog.array_agg(x.id), pg_catalog.array_agg(x.admitted_at), pg_catalog.array_agg(x.reservation),
 		   pg_catalog.array_agg(x.cost), pg_catalog.array_agg(x.in_t), pg_catalog.array_agg(x.out_t)
 	INTO s_keys, s_ats, s_reservations, s_costs, s_in, s_out
@@ -450,7 +464,7 @@ BEGIN
 	settled := 0;
 	SELECT pg_catalog.array_agg(DISTINCT q.spend_key_id) INTO keys FROM lava.deferred_settlements q;
 	IF keys IS NOT NULL THEN
-		settled := lava._settle_deferred_of(lava._lock_keys(keys));
+		settled := lava._settle_deferred_of(lava._lock_keys(keys, 3));
 	END IF;
 	SELECT pg_catalog.count(*) INTO remaining FROM lava.deferred_settlements;
 END

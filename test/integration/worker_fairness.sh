@@ -17,7 +17,7 @@
 # still gets its settlements made as they come.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 42
+plan 46
 
 q "ALTER SYSTEM SET lava.max_concurrency = 8" >/dev/null
 q "SELECT pg_reload_conf()" >/dev/null
@@ -184,6 +184,36 @@ wait "$holder"
 wait_settled "$rid"; ok $? "the recorder makes it once the key is free: the note came at commit, after the looks that saw nothing"
 await_all
 is "$(key_balanced "$rid")" t "key A: spend = its requests' costs = its ledger, nothing reserved"
+
+# the claim cancels a paused key's queued requests; with the key's row
+# held, only the first waits (20 ms, twice) and defers: the others defer
+# at once, so 200 of them take about as long as one claim (20 ms each
+# would be more than 8 s), and the claim serves key B's request after them
+mock_key paused; pkey=$key; pkid=$kid
+ids=$(psql -X -qAt -v ON_ERROR_STOP=1 -d lava_it <<SQL
+BEGIN;
+SELECT string_agg(lava.prompt('gpt-paused', 'paused ' || g, '{}', '$pkey')::text, ',') AS ids FROM generate_series(1, 200) g \gset
+UPDATE lava.request_store SET next_attempt_at = now() + interval '1 hour' WHERE request_id IN (:ids);
+COMMIT;
+SELECT :'ids';
+SQL
+)
+q "SELECT lava.update_spend_key('$pkid', '{\"status\": \"paused\"}')" >/dev/null
+hold_open 12 "SELECT 1 FROM lava.spend_key_store WHERE spend_key_id = '$pkid' FOR UPDATE"
+t0=$(date +%s.%N)
+q "UPDATE lava.request_store SET next_attempt_at = now() WHERE request_id IN ($ids)" >/dev/null
+f=$(q "SELECT lava.prompt('gpt-free', '#in=5 #out=5 after-paused', '{}', '$fkey')")
+wait_status "$ids" cancelled 200 && wait_status "$f" completed 1
+took=$(awk "BEGIN { printf \"%.2f\", $(date +%s.%N) - $t0 }")
+kill -0 "$holder" 2>/dev/null
+ok $? "while the paused key's row is held, its 200 queued requests are cancelled and key B is served"
+diag "cancelled and served in $took s"
+awk "BEGIN { exit !($took < 5) }"; ok $? "in well under the 8 s that a 20 ms wait each would take"
+is "$(deferred "$pkid")" 200 "their 200 releases are deferred"
+wait "$holder"
+wait_settled "$pkid"
+is "$(q "SELECT reserved_spend FROM lava.spend_key_store WHERE spend_key_id = '$pkid'")/$(key_balanced "$pkid")" "0/t" \
+	"once the row is free, they are released: nothing reserved, spend = costs = ledger"
 
 # a busy key: 8 pgbench clients enqueue on it for 4 s (1,500 a second) while its answers
 # come back; its settlements are made meanwhile, none waits long
