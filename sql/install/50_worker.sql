@@ -443,7 +443,7 @@ COMMENT ON FUNCTION lava._record(bigint[], integer[], text[], text[], double pre
 -- settled, so it cannot have been charged.  It goes back to the queue if it
 -- has attempts left (the interrupted one counts), else it ends in error and
 -- its reservation is released.  Settlement happens once, at the terminal
--- state, so nothing is ever charged twice; it goes through
+-- state, so nothing is ever charged twice; lava._finish settles through
 -- lava._settle_or_defer, so that a key row an application holds open
 -- defers that key's releases instead of holding up the worker's start.
 CREATE FUNCTION lava._worker_recover()
@@ -454,12 +454,6 @@ DECLARE
 	max_attempts integer := pg_catalog.current_setting('lava.max_attempts')::integer;
 	r record;
 	n integer := 0;
-	q lava.request_store;
-	ids bigint[] := '{}';
-	keys uuid[] := '{}';
-	ats timestamptz[] := '{}';
-	reservations numeric[] := '{}';
-	none bigint[];
 BEGIN
 	FOR r IN SELECT s.request_id, s.attempts FROM lava.request_store s WHERE s.status = 'running' FOR UPDATE LOOP
 		IF r.attempts < max_attempts THEN
@@ -467,28 +461,11 @@ BEGIN
 				error = pg_catalog.format('attempt %s was interrupted by a worker restart; retrying', r.attempts)
 			WHERE s.request_id = r.request_id;
 		ELSE
-			-- (lava._finish's change, settled below with the others)
-			UPDATE lava.request_store s SET status = 'error', completed_at = pg_catalog.clock_timestamp(), cost = 0,
-				error = pg_catalog.format('attempt %s was interrupted by a worker restart and no attempts are left', r.attempts)
-			WHERE s.request_id = r.request_id
-			RETURNING * INTO q;
-			ids := ids || q.request_id;
-			keys := keys || q.spend_key_id;
-			ats := ats || q.admitted_at;
-			reservations := reservations || q.reservation;
-			PERFORM pg_catalog.pg_notify('lava_requests',
-				pg_catalog.jsonb_build_object('request_id', q.request_id, 'status', 'error')::text);
+			PERFORM lava._finish(r.request_id, 'error',
+				pg_catalog.format('attempt %s was interrupted by a worker restart and no attempts are left', r.attempts), NULL);
 		END IF;
 		n := n + 1;
 	END LOOP;
-	IF pg_catalog.cardinality(ids) > 0 THEN
-		-- released without a charge: NULL costs and tokens
-		none := pg_catalog.array_fill(NULL::bigint, ARRAY[pg_catalog.cardinality(ids)]);
-		PERFORM lava._settle_or_defer(ids, keys, ats, reservations,
-									  pg_catalog.array_fill(NULL::numeric, ARRAY[pg_catalog.cardinality(ids)]),
-									  none, none);
-		PERFORM lava._wake_awaiters();
-	END IF;
 	RETURN n;
 END
 $$;
