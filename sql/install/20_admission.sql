@@ -367,12 +367,13 @@ COMMENT ON FUNCTION lava._settle_deferred_of(uuid[]) IS
 -- the start-up recovery and lava._finish.  Commonly in one go
 -- (lava._settle_many_briefly, in a subtransaction): every key's row is
 -- free, or is within 20 ms in its lock queue (a busy key, whose row one
--- short enqueue after another takes).  Else it locks the keys' rows that it
--- can (lava._lock_keys: those free now, and a brief wait for a few taken
--- ones), settles those keys' requests, and defers the others' settlements
--- to lava.deferred_settlements.  Either way, the locked keys' earlier
--- deferred settlements come along (so that a busy key is settled whenever
--- one of its answers is recorded).  So an application's open transaction
+-- short enqueue after another takes).  Else it defers them all to
+-- lava.deferred_settlements, locks the keys' rows that it can
+-- (lava._lock_keys: those free now, and a brief wait for a few taken
+-- ones), and makes those keys' deferred settlements at once
+-- (lava._settle_deferred_of): the others stay deferred.  Either way, the
+-- locked keys' earlier deferred settlements come along (so that a busy key
+-- is settled whenever one of its answers is recorded).  So an application's open transaction
 -- on one key holds back that key's counters only, never the recording of
 -- other keys' answers.  Returns how many were deferred.
 CREATE FUNCTION lava._settle_or_defer(request_ids bigint[], spend_key_ids uuid[], admitted_ats timestamptz[],
@@ -391,12 +392,6 @@ DECLARE
 	keys uuid[];
 	got uuid[];
 	n integer;
-	s_keys uuid[];
-	s_ats timestamptz[];
-	s_reservations numeric[];
-	s_costs numeric[];
-	s_in bigint[];
-	s_out bigint[];
 BEGIN
 	-- (a transaction that deferred already, having waited, waits no more)
 	IF NOT lava._deferred_here() THEN
@@ -418,27 +413,14 @@ BEGIN
 		RETURN 0;
 	END IF;
 	got := lava._lock_keys(keys, CASE WHEN lava._deferred_here() THEN 0 ELSE 3 END);
-	SELECT pg_catalog.array_agg(x.id), pg_catalog.array_agg(x.admitted_at), pg_catalog.array_agg(x.reservation),
-		   pg_catalog.array_agg(x.cost), pg_catalog.array_agg(x.in_t), pg_catalog.array_agg(x.out_t)
-	INTO s_keys, s_ats, s_reservations, s_costs, s_in, s_out
-	FROM unnest(spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens)
-		 AS x(id, admitted_at, reservation, cost, in_t, out_t)
-	WHERE x.id = ANY (got);
-	IF s_keys IS NOT NULL THEN
-		-- (the key rows are held: only another lock, say on a ledger row, could wait)
-		PERFORM lava._settle_many_briefly(s_keys, s_ats, s_reservations, s_costs, s_in, s_out);
-	END IF;
-	IF lava._deferred_noted() THEN
-		PERFORM lava._settle_deferred_of(got);
-	END IF;
-
 	INSERT INTO lava.deferred_settlements (request_id, spend_key_id, admitted_at, reservation, cost,
 										   input_tokens, output_tokens)
 	SELECT x.rid, x.id, x.admitted_at, x.reservation, x.cost, x.in_t, x.out_t
 	FROM unnest(request_ids, spend_key_ids, admitted_ats, reservations, costs, input_tokens, output_tokens)
-		 AS x(rid, id, admitted_at, reservation, cost, in_t, out_t)
-	WHERE x.id <> ALL (got);
-	GET DIAGNOSTICS n = ROW_COUNT;
+		 AS x(rid, id, admitted_at, reservation, cost, in_t, out_t);
+	-- (the key rows are held: only another lock, say on a ledger row, could wait)
+	PERFORM lava._settle_deferred_of(got);
+	SELECT pg_catalog.count(*) INTO n FROM unnest(spend_key_ids) AS x(id) WHERE x.id <> ALL (got);
 	IF n > 0 THEN
 		PERFORM lava._note_deferred();
 	END IF;
