@@ -1078,18 +1078,34 @@ RecordingBehind(void)
 	return NumOutcomes >= lava_max_concurrency || LavaOutboxBacklogged();
 }
 
-/* True when SettleDeferred has waited its SETTLE_RETRY_MS since a note. */
-static bool
-SettleDue(void)
+/*
+ * Milliseconds until SettleDeferred is due (0: now), or -1 when no note of
+ * deferred settlements is pending.  The first call that sees a note starts
+ * its SETTLE_RETRY_MS.
+ */
+static long
+SettleWaitMs(void)
 {
+	TimestampTz now;
+
 	if (LavaStateDeferredNotes() == 0)
-		return false;
-	if (DeferredSeenAt == 0)
 	{
-		DeferredSeenAt = GetCurrentTimestamp();	/* (seen now: due later) */
-		return false;
+		DeferredSeenAt = 0;
+		return -1;
 	}
-	return TimestampDifferenceExceeds(DeferredSeenAt, GetCurrentTimestamp(), SETTLE_RETRY_MS);
+	now = GetCurrentTimestamp();
+	if (DeferredSeenAt == 0)
+		DeferredSeenAt = now;
+	return Max(SETTLE_RETRY_MS - TimestampDifferenceMilliseconds(DeferredSeenAt, now), 0);
+}
+
+/* timeout, cut to when SettleDeferred is due (at least 1 ms) */
+static long
+SettleTimeout(long timeout)
+{
+	long		ms = SettleWaitMs();
+
+	return ms < 0 ? timeout : Min(timeout, Max(ms, 1));
 }
 
 /*
@@ -1122,7 +1138,7 @@ ConsumeOutbox(void)
 		MemoryContextReset(ConsumeContext);
 		if (r != STEP_DONE)
 			break;
-		if (SettleDue())
+		if (SettleWaitMs() == 0)
 		{
 			/* a busy outbox must not keep SettleDeferred off; back at once */
 			SetLatch(MyLatch);
@@ -1145,20 +1161,12 @@ SettleDeferred(void)
 {
 	SettleWork	w;
 	StepResult	r;
-	TimestampTz now = GetCurrentTimestamp();
 	uint32		seen;
 
-	if (LavaStateDeferredNotes() == 0)
-	{
-		DeferredSeenAt = 0;
-		return;
-	}
-	if (DeferredSeenAt == 0)
-		DeferredSeenAt = now;
-	if (!TimestampDifferenceExceeds(DeferredSeenAt, now, SETTLE_RETRY_MS) || InBackoff())
+	if (SettleWaitMs() != 0 || InBackoff())
 		return;
 	/* (the next look is due SETTLE_RETRY_MS from now, whatever happens) */
-	DeferredSeenAt = now;
+	DeferredSeenAt = GetCurrentTimestamp();
 	if (!LavaOutboxBeginConsume())
 		return;
 	/* (read as the consumer, the only process that clears the notes) */
@@ -1169,20 +1177,6 @@ SettleDeferred(void)
 	if (r == STEP_NO_EXTENSION || (r == STEP_DONE && w.remaining == 0))
 		LavaStateClearDeferred(seen);
 	LavaOutboxEndConsume();
-}
-
-/* Milliseconds until SettleDeferred is due, or -1 when nothing waits. */
-static long
-SettleTimeout(void)
-{
-	long		ms;
-
-	if (LavaStateDeferredNotes() == 0)
-		return -1;
-	if (DeferredSeenAt == 0)
-		return SETTLE_RETRY_MS;
-	ms = SETTLE_RETRY_MS - TimestampDifferenceMilliseconds(DeferredSeenAt, GetCurrentTimestamp());
-	return Max(ms, 1);
 }
 
 /*
@@ -1461,8 +1455,8 @@ NextTimeout(void)
 	}
 	if (RecordingBehind())
 		return Min(timeout, LINGER_MS);
-	if (!RecorderReady() && ExtensionPresent && !NeedRecover && SettleTimeout() >= 0)
-		timeout = Min(timeout, SettleTimeout());
+	if (!RecorderReady() && ExtensionPresent && !NeedRecover)
+		timeout = SettleTimeout(timeout);
 	if (LavaHttpInFlight(Http) < lava_max_concurrency)
 	{
 		if (ClaimWanted || NextClaimAt <= now)
@@ -1704,8 +1698,8 @@ LavaRecorderMain(Datum main_arg)
 		now = GetCurrentTimestamp();
 		if (BackoffUntil > now)
 			timeout = Max(1, TimestampDifferenceMilliseconds(now, BackoffUntil));
-		else if (SettleTimeout() >= 0)
-			timeout = Min(timeout, SettleTimeout());
+		else
+			timeout = SettleTimeout(timeout);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
 	}
