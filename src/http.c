@@ -120,6 +120,7 @@ struct LavaHttp
 	int			ndropped;		/* transfers freed since the last trim */
 	LavaHttpXfer *done_head;	/* finished, waiting for NextResult */
 	LavaHttpXfer *done_tail;
+	char	   *ca_file;		/* CA bundle for https, NULL for curl's own */
 };
 
 static int	lava_curl_initialized = 0;
@@ -554,7 +555,8 @@ BuildHeaders(LavaHttpXfer *x, const LavaHttpRequest *req)
 
 /* Sets every option of a (freshly reset) easy handle for a request. */
 static CURLcode
-SetupEasy(LavaHttpXfer *x, const LavaHttpRequest *req, const char *method)
+SetupEasy(const LavaHttp *h, LavaHttpXfer *x, const LavaHttpRequest *req,
+		  const char *method)
 {
 	CURL	   *e = x->easy;
 	CURLcode	rc = CURLE_OK;
@@ -594,6 +596,9 @@ SetupEasy(LavaHttpXfer *x, const LavaHttpRequest *req, const char *method)
 	LAVA_SETOPT(CURLOPT_HEADERFUNCTION, HeaderCb);
 	LAVA_SETOPT(CURLOPT_HEADERDATA, (void *) x);
 	LAVA_SETOPT(CURLOPT_HTTPHEADER, x->headers);
+	/* peer and host name are verified always (curl's defaults, kept) */
+	if (h->ca_file != NULL)
+		LAVA_SETOPT(CURLOPT_CAINFO, h->ca_file);
 	if (req->timeout_ms > 0)
 		LAVA_SETOPT(CURLOPT_TIMEOUT_MS, req->timeout_ms);
 
@@ -715,6 +720,27 @@ LavaHttpSetMaxConnections(LavaHttp *h, long n)
 	curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, n > 0 ? n : LAVA_HTTP_MAXCONNECTS);
 }
 
+/*
+ * Sets the CA bundle that https peers are verified against, for requests
+ * submitted from now on; NULL or "" goes back to curl's built-in bundle.
+ * Returns -1, changing nothing, when out of memory.
+ */
+int
+LavaHttpSetCaFile(LavaHttp *h, const char *path)
+{
+	char	   *copy = NULL;
+
+	if (path != NULL && path[0] != '\0')
+	{
+		copy = strdup(path);
+		if (copy == NULL)
+			return -1;
+	}
+	free(h->ca_file);
+	h->ca_file = copy;
+	return 0;
+}
+
 /* Aborts everything in flight, drops unread results and frees the client. */
 void
 LavaHttpDestroy(LavaHttp *h)
@@ -736,6 +762,7 @@ LavaHttpDestroy(LavaHttp *h)
 	curl_multi_cleanup(h->multi);
 	close(h->epfd);
 	free(h->events);
+	free(h->ca_file);
 	free(h);
 }
 
@@ -778,7 +805,7 @@ StartXfer(LavaHttp *h, LavaHttpXfer *x, const LavaHttpRequest *req,
 			memcpy(x->req_body, req->body, req->body_len);
 	}
 
-	rc = SetupEasy(x, req, method);
+	rc = SetupEasy(h, x, req, method);
 	if (rc != CURLE_OK)
 	{
 		CopyText(err, errlen, curl_easy_strerror(rc));

@@ -90,6 +90,9 @@ extern LavaHttp *LavaHttpCreate(void);
 extern void LavaHttpDestroy(LavaHttp *h);
 extern void LavaHttpSetMaxConnections(LavaHttp *h, long n);
 
+/* CA bundle for https peers (NULL or "": curl's own); -1 when out of memory. */
+extern int	LavaHttpSetCaFile(LavaHttp *h, const char *path);
+
 /*
  * Starts a request.  Returns 0 when it is under way (its result will come
  * from LavaHttpNextResult), -1 with a message in err when it was refused.

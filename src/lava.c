@@ -9,6 +9,8 @@
 #include "postgres.h"
 
 #include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -31,6 +33,7 @@ int			lava_max_rate_limited_keys = 10000;
 int			lava_max_key_concurrency = 0;
 bool		lava_recorder = true;
 int			lava_stop_timeout_ms = 5000;
+char	   *lava_ca_file = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -58,6 +61,34 @@ LavaShmemStartup(void)
 	LavaRateLimitShmemInit();
 	LavaStateShmemInit();
 	LavaOutboxShmemInit();
+}
+
+/*
+ * Check hook of lava.ca_file: empty, or an absolute path to a regular file
+ * the server can read.  Refusing here makes ALTER SYSTEM fail at once, and
+ * a reload keep the old value, instead of every https call failing later.
+ */
+static bool
+CheckCaFile(char **newval, void **extra, GucSource source)
+{
+	const char *path = *newval;
+	struct stat st;
+
+	if (path == NULL || path[0] == '\0')
+		return true;
+	if (!is_absolute_path(path))
+	{
+		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+		GUC_check_errdetail("lava.ca_file must be an absolute path.");
+		return false;
+	}
+	if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || access(path, R_OK) != 0)
+	{
+		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+		GUC_check_errdetail("File \"%s\" is not a regular file the server can read.", path);
+		return false;
+	}
+	return true;
 }
 
 /* Registers the one static worker: it connects to lava.database. */
@@ -133,6 +164,12 @@ _PG_init(void)
 							"A server shutdown or pg_terminate_backend() asks the worker to stop. It then claims nothing more, and until this timeout records every answer, so that a restart sends none of those requests again; calls still unanswered then are sent again. 0 stops at once.",
 							&lava_stop_timeout_ms, 5000, 0, 600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
+	DefineCustomStringVariable("lava.ca_file",
+							   "CA bundle that upstream HTTPS servers' certificates are verified against.",
+							   "Empty means libcurl's built-in bundle (Debian: /etc/ssl/certs/ca-certificates.crt). Certificates and host names are always verified.",
+							   &lava_ca_file, "",
+							   PGC_SIGHUP, 0, CheckCaFile, NULL, NULL);
 
 	MarkGUCPrefixReserved("lava");
 

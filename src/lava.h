@@ -25,6 +25,7 @@ extern int	lava_max_rate_limited_keys;
 extern int	lava_max_key_concurrency;
 extern bool lava_recorder;
 extern int	lava_stop_timeout_ms;
+extern char *lava_ca_file;
 
 /* rate limiting: token buckets in shared memory (ratelimit.c) */
 extern Size LavaRateLimitShmemSize(void);

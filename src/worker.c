@@ -307,6 +307,18 @@ BeginLoopTurn(void)
 	return true;
 }
 
+/* Gives the HTTP client the settings it reads: connection cache, CA bundle. */
+static void
+ApplyHttpSettings(void)
+{
+	LavaHttpSetMaxConnections(Http, lava_max_concurrency);
+	if (LavaHttpSetCaFile(Http, lava_ca_file) != 0)
+		ereport(WARNING,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory"),
+				 errdetail("The worker keeps its previous lava.ca_file.")));
+}
+
 /* Creates the HTTP client and the wait set: latch, postmaster death, curl. */
 static void
 StartHttp(void)
@@ -316,7 +328,7 @@ StartHttp(void)
 		ereport(FATAL,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("lava worker could not create its HTTP client")));
-	LavaHttpSetMaxConnections(Http, lava_max_concurrency);
+	ApplyHttpSettings();
 	WaitSet = CreateWaitEventSet(TopMemoryContext, 3);
 	AddWaitEventToSet(WaitSet, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(WaitSet, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
@@ -1402,7 +1414,7 @@ WaitForDatabase(void)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
-			LavaHttpSetMaxConnections(Http, lava_max_concurrency);
+			ApplyHttpSettings();
 		}
 		if (DatabaseExists(lava_database))
 		{
@@ -1607,7 +1619,7 @@ LavaWorkerMain(Datum main_arg)
 		int64		in_flight;
 
 		if (BeginLoopTurn())
-			LavaHttpSetMaxConnections(Http, lava_max_concurrency);
+			ApplyHttpSettings();
 		if (StopRequested)
 			StopWorker();
 		if (LavaStateLeaveRequested(MyProcPid))

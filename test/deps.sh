@@ -4,7 +4,7 @@
 set -euo pipefail
 
 pkgs=(make gcc pkg-config postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap
-      libtap-parser-sourcehandler-pgtap-perl libcurl4-openssl-dev python3 curl)
+      libtap-parser-sourcehandler-pgtap-perl libcurl4-openssl-dev python3 curl openssl nginx)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -73,3 +73,19 @@ mock_stop() {
 		rm -f "$dir/mock.pid"
 	fi
 }
+
+# tls_certs DIR: a test CA (DIR/ca.pem, ca.key) and a server certificate it
+# signs for 127.0.0.1 only (DIR/srv.pem, srv.key), all P-256, valid 2 days.
+tls_certs() {
+	local d=$1
+	local newkey=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+	mkdir -p "$d"
+	(
+		cd "$d" &&
+			openssl req -x509 "${newkey[@]}" -keyout ca.key -out ca.pem -days 2 -subj "/CN=lava test CA" \
+				-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign &&
+			openssl req "${newkey[@]}" -keyout srv.key -out srv.csr -subj "/CN=127.0.0.1" &&
+			printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >ext.cnf &&
+			openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext.cnf
+	) >"$d/openssl.log" 2>&1 || { cat "$d/openssl.log" >&2; return 1; }
+}

@@ -5,6 +5,9 @@ Standard library only (runs with Debian 12's /usr/bin/python3).
 
 Usage:
     python3 test/mock_upstream.py --port PORT [--host 127.0.0.1] [--pidfile F]
+                                  [--tls-cert CERT.pem --tls-key KEY.pem]
+
+With --tls-cert and --tls-key it speaks HTTPS (HTTP/1.1 over TLS) only.
 
 Endpoints
 ---------
@@ -43,6 +46,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -388,6 +392,15 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 1024
+    tls = None  # an ssl.SSLContext when serving HTTPS
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        if self.tls is not None:
+            # the handshake runs in the connection's own thread, on first read
+            sock = self.tls.wrap_socket(sock, server_side=True,
+                                        do_handshake_on_connect=False)
+        return sock, addr
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
@@ -401,6 +414,8 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--pidfile")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
     args = ap.parse_args()
 
     try:
@@ -409,6 +424,9 @@ def main():
         print("mock upstream: cannot bind %s:%d: %s" % (args.host, args.port, e),
               file=sys.stderr)
         return 1
+    if args.tls_cert:
+        httpd.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        httpd.tls.load_cert_chain(args.tls_cert, args.tls_key)
 
     if args.pidfile:
         with open(args.pidfile, "w") as f:
@@ -421,7 +439,8 @@ def main():
     signal.signal(signal.SIGINT, stop)
 
     host, port = httpd.server_address[:2]
-    print("mock upstream listening on %s:%d" % (host, port), flush=True)
+    print("mock upstream listening on %s:%d%s" % (host, port, " (TLS)" if httpd.tls else ""),
+          flush=True)
     try:
         httpd.serve_forever(poll_interval=0.2)
     finally:

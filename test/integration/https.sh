@@ -1,0 +1,166 @@
+# https.sh: upstream calls over HTTPS, against a mock upstream that speaks
+# TLS with a certificate of a CA made here.  The peer's certificate and host
+# name are verified, against lava.ca_file when it is set (a bad value is
+# refused with 22023 and changes nothing); a call that fails verification
+# sends nothing and charges nothing; over HTTP/2 (nginx in front of the
+# mock), a burst of calls shares one connection instead of opening one each.
+. "$LAVA_ROOT/test/tap.sh"
+export TEST_DB=lava_it
+plan 25
+
+dir=$LAVA_TEST_DIR/tls
+mkdir -p "$dir"
+TLS_PORT=$(free_port)
+H2_PORT=$(free_port)
+cleanup() {
+	[ -f "$dir/mock.pid" ] && kill "$(cat "$dir/mock.pid")" 2>/dev/null
+	[ -f "$dir/nginx/nginx.pid" ] && kill "$(cat "$dir/nginx/nginx.pid")" 2>/dev/null
+	server_set lava.ca_file
+	server_set lava.max_attempts
+}
+trap cleanup EXIT
+
+# a CA, a server certificate it signs for 127.0.0.1 only, a CA of nobody's
+# (with the same name), and a file that holds no certificate
+tls_certs "$dir" || exit 1
+tls_certs "$dir/rogue" || exit 1
+echo "this is not a certificate" >"$dir/junk.pem"
+chown -R postgres: "$dir"
+chmod 755 "$dir"
+
+/usr/bin/python3 "$LAVA_ROOT/test/mock_upstream.py" --port "$TLS_PORT" --pidfile "$dir/mock.pid" \
+	--tls-cert "$dir/srv.pem" --tls-key "$dir/srv.key" >"$dir/mock.log" 2>&1 &
+for i in $(seq 1 100); do
+	curl -fsS --cacert "$dir/ca.pem" "https://127.0.0.1:$TLS_PORT/_health" >/dev/null 2>&1 && break
+	sleep 0.1
+done
+# tls_count TAG: requests the TLS mock received whose body holds TAG
+tls_count() {
+	curl -fsS --cacert "$dir/ca.pem" "https://127.0.0.1:$TLS_PORT/_log" | /usr/bin/python3 -c "
+import json, sys
+print(sum('$1' in json.dumps(r['body']) for r in json.load(sys.stdin)['requests']))"
+}
+
+q "INSERT INTO lava.providers (name, base_url, api_key) VALUES
+	('tls_ip', 'https://127.0.0.1:$TLS_PORT/v1', 'sk-tls-secret-1'),
+	('tls_name', 'https://localhost:$TLS_PORT/v1', 'sk-tls-secret-2') ON CONFLICT DO NOTHING" >/dev/null
+q "INSERT INTO lava.models VALUES ('tls_ip', 'gpt-tls', 1, 2, 10), ('tls_name', 'gpt-tls-name', 1, 2, 10) ON CONFLICT DO NOTHING" >/dev/null
+created=$(q "SELECT lava.create_spend_key('{\"name\": \"tls\", \"spend_limit\": {\"amount\": \"1.00\", \"cycle\": \"total\"}}')")
+key=$(q "SELECT '$created'::jsonb ->> 'key'")
+kid=$(q "SELECT '$created'::jsonb ->> 'spend_key_id'")
+# one attempt per request: a refused certificate would otherwise be retried
+server_set lava.max_attempts 1
+sleep 0.5
+
+# ask MODEL TAG: enqueues a prompt, waits for it, prints "status|error"
+ask() {
+	local id
+	id=$(q "SELECT lava.prompt('$1', 'hello #in=10 #out=5 #id=$2', '{}', '$key')")
+	q "SELECT r ->> 'status', r ->> 'error' FROM lava.await($id, '20 seconds') r"
+}
+# set_ca VALUE: ALTER SYSTEM SET lava.ca_file, printing the SQLSTATE of a refusal
+set_ca() {
+	psql -X -qAt -v VERBOSITY=verbose -d postgres -c "ALTER SYSTEM SET lava.ca_file = '$1'" 2>&1 |
+		sed -n 's/^ERROR:  \([0-9A-Z]\{5\}\):.*/\1/p'
+}
+
+# bad values: refused with 22023, nothing written
+is "$(set_ca ca.pem)" 22023 "a relative lava.ca_file is refused (22023)"
+is "$(set_ca "$dir/missing.pem")" 22023 "a lava.ca_file that does not exist is refused (22023)"
+is "$(set_ca "$dir")" 22023 "a directory as lava.ca_file is refused (22023)"
+psql -X -qAt -v VERBOSITY=verbose -d postgres -c "ALTER SYSTEM SET lava.ca_file = '$dir/missing.pem'" 2>&1 |
+	grep -q "is not a regular file the server can read"
+ok $? "the refusal says why"
+is "$(q "SELECT count(*) FROM pg_file_settings WHERE name = 'lava.ca_file'")" 0 \
+	"the refused values left postgresql.auto.conf alone"
+
+# no lava.ca_file: curl's own bundle, which does not know this CA
+r=$(ask gpt-tls t-nobundle)
+is "${r%%|*}" error "without lava.ca_file, the test CA's server is refused"
+echo "$r" | grep -q "SSL certificate problem"
+ok $? "the error says the certificate was refused ($r)"
+is "$(tls_count '#id=t-nobundle')" 0 "nothing reached the server: the handshake failed before the request"
+
+# the right CA
+server_set lava.ca_file "'$dir/ca.pem'"
+sleep 0.5
+is "$(q "SHOW lava.ca_file")" "$dir/ca.pem" "lava.ca_file set with ALTER SYSTEM"
+id=$(q "SELECT lava.prompt('gpt-tls', 'hello #in=10 #out=5 #text=over-tls #id=t-ok', '{}', '$key')")
+is "$(q "SELECT r ->> 'status' || '/' || (r ->> 'output_text') || '/' || (r ->> 'cost') FROM lava.await($id, '20 seconds') r")" \
+	"completed/over-tls/0.00002" "with lava.ca_file the call completes over TLS, and is charged (10 x 1 + 5 x 2 per million)"
+is "$(tls_count '#id=t-ok')" 1 "the server got it once"
+auth=$(curl -fsS --cacert "$dir/ca.pem" "https://127.0.0.1:$TLS_PORT/_log" | /usr/bin/python3 -c "
+import json, sys
+print([r['headers']['authorization'] for r in json.load(sys.stdin)['requests'] if '#id=t-ok' in json.dumps(r['body'])][0])")
+is "$auth" "Bearer sk-tls-secret-1" "the provider's API key went inside TLS"
+
+# a certificate for another host name
+r=$(ask gpt-tls-name t-name)
+is "${r%%|*}" error "a certificate for 127.0.0.1 is refused for https://localhost"
+echo "$r" | grep -q "no alternative certificate subject name matches target host name 'localhost'"
+ok $? "the error names the host name mismatch"
+is "$(tls_count '#id=t-name')" 0 "and nothing reached the server"
+
+# another CA: the configured bundle replaces curl's, it does not add to it
+server_set lava.ca_file "'$dir/rogue/ca.pem'"
+sleep 0.5
+r=$(ask gpt-tls t-rogue)
+is "${r%%|*}" error "a bundle holding only another CA refuses the server (a reload changes the bundle)"
+is "$(tls_count '#id=t-rogue')" 0 "nothing reached the server"
+
+# a readable file that holds no certificate: each call fails, nothing is charged
+server_set lava.ca_file "'$dir/junk.pem'"
+sleep 0.5
+r=$(ask gpt-tls t-junk)
+is "${r%%|*}" error "a lava.ca_file without certificates fails the call"
+is "$(tls_count '#id=t-junk')" 0 "nothing reached the server"
+is "$(q "SELECT (lava.get_spend_key('$kid') ->> 'current_spend') || ' ' || (lava.get_spend_key('$kid') ->> 'reserved_spend')")" \
+	"0.00002 0.00" "the key paid for the one call that went through, and holds no reservation"
+is "$(key_balanced "$kid")" t "its counters equal its requests and its ledger"
+grep -q "sk-tls-secret" "$LAVA_TEST_DIR/server.log"
+is $? 1 "no provider API key in the server log"
+
+# HTTP/2: nginx terminates TLS with h2 in front of the plain mock; 30 calls
+# of 0.8 s sent together share one connection (CURLOPT_PIPEWAIT)
+server_set lava.ca_file "'$dir/ca.pem'"
+mkdir -p "$dir/nginx/tmp"
+cat >"$dir/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon on;
+pid $dir/nginx/nginx.pid;
+error_log $dir/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+	log_format conn '\$connection \$server_protocol \$status';
+	access_log $dir/nginx/access.log conn;
+	client_body_temp_path $dir/nginx/tmp/body;
+	proxy_temp_path $dir/nginx/tmp/proxy;
+	fastcgi_temp_path $dir/nginx/tmp/fastcgi;
+	uwsgi_temp_path $dir/nginx/tmp/uwsgi;
+	scgi_temp_path $dir/nginx/tmp/scgi;
+	server {
+		listen 127.0.0.1:$H2_PORT ssl http2;
+		ssl_certificate $dir/srv.pem;
+		ssl_certificate_key $dir/srv.key;
+		location / {
+			proxy_pass http://127.0.0.1:$MOCK_PORT;
+			proxy_http_version 1.1;
+			proxy_set_header Connection "";
+		}
+	}
+}
+EOF
+/usr/sbin/nginx -p "$dir/nginx" -e "$dir/nginx/error.log" -c "$dir/nginx/nginx.conf" || cat "$dir/nginx/error.log"
+q "INSERT INTO lava.providers (name, base_url, api_key) VALUES ('tls_h2', 'https://127.0.0.1:$H2_PORT/v1', 'sk-tls-h2')
+	ON CONFLICT DO NOTHING" >/dev/null
+q "INSERT INTO lava.models VALUES ('tls_h2', 'gpt-h2', 1, 2, 10) ON CONFLICT DO NOTHING" >/dev/null
+sleep 0.5
+ids=$(q "SELECT string_agg(lava.prompt('gpt-h2', 'burst ' || g || ' #latency_ms=800 #in=10 #out=5', '{}', '$key')::text, ',')
+	FROM generate_series(1, 30) g")
+q "SELECT lava.await(i, '30 seconds') FROM unnest('{$ids}'::bigint[]) i" >/dev/null
+is "$(count_status "$ids" completed)" 30 "30 calls over HTTP/2 completed"
+is "$(awk '$2 == "HTTP/2.0" && $3 == 200' "$dir/nginx/access.log" | wc -l)" 30 "nginx served all 30 over HTTP/2"
+conns=$(awk '{print $1}' "$dir/nginx/access.log" | sort -u | wc -l)
+diag "connections used for 30 concurrent calls: $conns"
+[ "$conns" -le 2 ]
+ok $? "they shared one connection, not one each ($conns)"
