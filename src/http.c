@@ -11,8 +11,13 @@
  * hands curl the ready sockets and the due timeout, and collects finished
  * transfers into a queue that LavaHttpNextResult() empties.
  *
- * All transfers share one multi handle, so connections (and TLS sessions)
- * are reused across requests.  Easy handles are kept on a free list and
+ * Transfers share a multi handle, so connections (and TLS sessions) are
+ * reused across requests.  There are two: one for origins that have not
+ * answered over HTTP/2, and one for those that have, where the number of
+ * connections per origin is bounded (see LavaHttpSetMaxConnections): curl
+ * 7.88, once it knows an origin multiplexes, opens a connection of its own
+ * for each request that finds the open ones full, and over TLS each costs
+ * about 110 KiB.  Easy handles are kept on a free list and
  * reset rather than freed, up to LAVA_HTTP_MAX_IDLE of them (one that
  * failed to start a request is freed).  Nothing here is sized by the number
  * of transfers: sockets live in epoll, transfers in linked lists, and each
@@ -21,7 +26,9 @@
  * Memory per request in flight (about 12 KiB over plain HTTP/1.1 with curl
  * 7.88): curl's easy handle (5.4 KiB) and connection (about 4.5 KiB), its
  * 1 KiB receive buffer, and our transfer with its copies of the headers
- * and body (under 1 KiB).  Answers are kept in buffers of their own size,
+ * and body (under 1 KiB).  Over HTTP/2 a stream costs about 22 KiB and the
+ * connections are few; over HTTP/1.1 with TLS each request has a
+ * connection of its own, with OpenSSL's state: about 110 KiB.  Answers are kept in buffers of their own size,
  * and the memory of a burst goes back to the system as it ends.
  *
  * Only malloc/free are used: the caller's PostgreSQL memory contexts are
@@ -38,6 +45,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -79,6 +87,31 @@
  */
 #define LAVA_HTTP_RECV_BUFFER 1024L
 
+/* Origins remembered as answering over HTTP/2. */
+#define LAVA_HTTP_H2_ORIGINS 64
+
+/*
+ * Streams per HTTP/2 connection that the bound on connections counts on:
+ * RFC 9113 recommends servers allow at least 100; a server that allows
+ * fewer makes the calls beyond wait in curl for a free stream.
+ */
+#define LAVA_HTTP_H2_STREAMS 50
+
+/* The multi handles: origins not known to speak HTTP/2, and those that do. */
+#define LAVA_HTTP_PLAIN 0
+#define LAVA_HTTP_H2 1
+#define LAVA_HTTP_NMULTI 2
+
+/* One multi handle with its timer. */
+typedef struct LavaHttpMulti
+{
+	struct LavaHttp *h;
+	CURLM	   *m;
+	int			idx;			/* LAVA_HTTP_PLAIN or LAVA_HTTP_H2 */
+	int			timer_armed;	/* curl asked for a timeout action */
+	long long	deadline_us;	/* when, on the monotonic clock */
+} LavaHttpMulti;
+
 /* One transfer: an easy handle and what belongs to its current request. */
 typedef struct LavaHttpXfer
 {
@@ -86,7 +119,8 @@ typedef struct LavaHttpXfer
 	struct LavaHttpXfer *all_prev;	/* on the list of every transfer */
 	struct LavaHttpXfer *all_next;
 	CURL	   *easy;
-	int			in_multi;		/* added to the multi handle */
+	int			in_multi;		/* added to its multi handle */
+	int			which;			/* which one: LAVA_HTTP_PLAIN or LAVA_HTTP_H2 */
 	int			reused;			/* has served a request before */
 	long long	id;
 	struct curl_slist *headers;
@@ -106,13 +140,11 @@ typedef struct LavaHttpXfer
 
 struct LavaHttp
 {
-	CURLM	   *multi;
+	LavaHttpMulti multis[LAVA_HTTP_NMULTI];
 	int			epfd;
 	int			nsockets;		/* sockets registered in epfd */
 	struct epoll_event *events; /* epoll_wait buffer, grown in Drive */
 	int			events_cap;
-	int			timer_armed;	/* curl asked for a timeout action */
-	long long	deadline_us;	/* when, on the monotonic clock */
 	int			inflight;		/* submitted, result not yet taken */
 	LavaHttpXfer *all;			/* every transfer, busy or idle */
 	LavaHttpXfer *idle;			/* free list */
@@ -121,6 +153,8 @@ struct LavaHttp
 	LavaHttpXfer *done_head;	/* finished, waiting for NextResult */
 	LavaHttpXfer *done_tail;
 	char	   *ca_file;		/* CA bundle for https, NULL for curl's own */
+	char	   *h2_origins[LAVA_HTTP_H2_ORIGINS];	/* "https://host:port" */
+	int			h2_next;		/* the slot to reuse when all are taken */
 };
 
 static int	lava_curl_initialized = 0;
@@ -347,7 +381,8 @@ HeaderCb(char *buf, size_t size, size_t nitems, void *userdata)
 static int
 SocketCb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 {
-	LavaHttp   *h = (LavaHttp *) userp;
+	LavaHttpMulti *mm = (LavaHttpMulti *) userp;
+	LavaHttp   *h = mm->h;
 	struct epoll_event ev;
 
 	(void) easy;
@@ -367,14 +402,15 @@ SocketCb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 		ev.events |= EPOLLIN;
 	if (what & CURL_POLL_OUT)
 		ev.events |= EPOLLOUT;
-	ev.data.fd = s;
+	/* the multi handle in the high half, the socket in the low one */
+	ev.data.u64 = ((uint64_t) mm->idx << 32) | (uint32_t) s;
 
 	if (socketp == NULL)
 	{
 		if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, s, &ev) != 0 && errno == EEXIST)
 			epoll_ctl(h->epfd, EPOLL_CTL_MOD, s, &ev);
 		/* any non-NULL pointer marks the socket as registered */
-		curl_multi_assign(h->multi, s, h);
+		curl_multi_assign(mm->m, s, mm);
 		h->nsockets++;
 	}
 	else if (epoll_ctl(h->epfd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT)
@@ -386,15 +422,15 @@ SocketCb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 static int
 TimerCb(CURLM *multi, long timeout_ms, void *userp)
 {
-	LavaHttp   *h = (LavaHttp *) userp;
+	LavaHttpMulti *mm = (LavaHttpMulti *) userp;
 
 	(void) multi;
 	if (timeout_ms < 0)
-		h->timer_armed = 0;
+		mm->timer_armed = 0;
 	else
 	{
-		h->timer_armed = 1;
-		h->deadline_us = NowUs() + (long long) timeout_ms * 1000;
+		mm->timer_armed = 1;
+		mm->deadline_us = NowUs() + (long long) timeout_ms * 1000;
 	}
 	return 0;
 }
@@ -623,18 +659,81 @@ SetupEasy(const LavaHttp *h, LavaHttpXfer *x, const LavaHttpRequest *req,
 	return rc;
 }
 
-/* Moves every transfer curl reports finished onto the result queue. */
+/*
+ * The length of a URL's origin ("https://host:port"), or 0 when the URL is
+ * not https: only there does curl learn, in the TLS handshake, whether a
+ * server speaks HTTP/2.
+ */
+static size_t
+OriginLen(const char *url)
+{
+	if (url == NULL || !StartsWithCase(url, strlen(url), "https://"))
+		return 0;
+	return strlen("https://") + strcspn(url + strlen("https://"), "/?#");
+}
+
+/* The slot of the remembered HTTP/2 origin of url, or -1. */
+static int
+FindH2Origin(const LavaHttp *h, const char *url)
+{
+	size_t		len = OriginLen(url);
+	int			i;
+
+	if (len == 0)
+		return -1;
+	for (i = 0; i < LAVA_HTTP_H2_ORIGINS; i++)
+	{
+		const char *o = h->h2_origins[i];
+
+		if (o != NULL && strlen(o) == len && StartsWithCase(url, len, o))
+			return i;
+	}
+	return -1;
+}
+
+/*
+ * Notes how an answer from url came: over HTTP/2, its origin is remembered
+ * (when all slots are taken, in place of the oldest); over an older
+ * version, it is forgotten.  Out of memory, nothing is remembered.
+ */
 static void
-CollectDone(LavaHttp *h)
+NoteOrigin(LavaHttp *h, const char *url, long version)
+{
+	int			slot = FindH2Origin(h, url);
+	size_t		len = OriginLen(url);
+	char	   *o;
+
+	if (version == CURL_HTTP_VERSION_2_0)
+	{
+		if (slot >= 0 || len == 0 || (o = (char *) malloc(len + 1)) == NULL)
+			return;
+		memcpy(o, url, len);
+		o[len] = '\0';
+		free(h->h2_origins[h->h2_next]);
+		h->h2_origins[h->h2_next] = o;
+		h->h2_next = (h->h2_next + 1) % LAVA_HTTP_H2_ORIGINS;
+	}
+	else if (version != 0 && slot >= 0)
+	{
+		free(h->h2_origins[slot]);
+		h->h2_origins[slot] = NULL;
+	}
+}
+
+/* Moves every transfer a multi handle reports finished onto the result queue. */
+static void
+CollectDoneOf(LavaHttp *h, CURLM *multi)
 {
 	CURLMsg    *msg;
 	int			left;
 
-	while ((msg = curl_multi_info_read(h->multi, &left)) != NULL)
+	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
 	{
 		CURL	   *easy = msg->easy_handle;
 		CURLcode	code = msg->data.result;
 		char	   *priv = NULL;
+		char	   *url = NULL;
+		long		version = 0;
 		LavaHttpXfer *x;
 
 		if (msg->msg != CURLMSG_DONE)
@@ -642,13 +741,17 @@ CollectDone(LavaHttp *h)
 		curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
 		x = (LavaHttpXfer *) priv;
 		/* msg is invalid once the handle is removed: copy first */
-		curl_multi_remove_handle(h->multi, easy);
+		curl_multi_remove_handle(multi, easy);
 		if (x == NULL)
 			continue;			/* cannot happen: all our handles carry it */
 		x->in_multi = 0;
 		x->code = code;
 		x->http_status = 0;
 		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &x->http_status);
+		if (x->http_status > 0 &&
+			curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version) == CURLE_OK &&
+			curl_easy_getinfo(easy, CURLINFO_EFFECTIVE_URL, &url) == CURLE_OK)
+			NoteOrigin(h, url, version);
 		x->elapsed = (double) (NowUs() - x->started_us) / 1e6;
 		/* the request's own data is no longer needed */
 		if (x->headers != NULL)
@@ -666,11 +769,23 @@ CollectDone(LavaHttp *h)
 	}
 }
 
+/* Moves every finished transfer onto the result queue. */
+static void
+CollectDone(LavaHttp *h)
+{
+	int			i;
+
+	for (i = 0; i < LAVA_HTTP_NMULTI; i++)
+		CollectDoneOf(h, h->multis[i].m);
+}
+
 /* Creates a client; NULL on failure. */
 LavaHttp *
 LavaHttpCreate(void)
 {
 	LavaHttp   *h;
+	int			i;
+	int			ok;
 
 	if (!lava_curl_initialized)
 	{
@@ -686,11 +801,23 @@ LavaHttpCreate(void)
 	h->events_cap = 64;
 	h->events = (struct epoll_event *) malloc(sizeof(struct epoll_event) * (size_t) h->events_cap);
 	h->epfd = epoll_create1(EPOLL_CLOEXEC);
-	h->multi = curl_multi_init();
-	if (h->events == NULL || h->epfd < 0 || h->multi == NULL)
+	ok = h->events != NULL && h->epfd >= 0;
+	for (i = 0; i < LAVA_HTTP_NMULTI; i++)
 	{
-		if (h->multi != NULL)
-			curl_multi_cleanup(h->multi);
+		LavaHttpMulti *mm = &h->multis[i];
+
+		mm->h = h;
+		mm->idx = i;
+		mm->m = curl_multi_init();
+		ok = ok && mm->m != NULL;
+	}
+	if (!ok)
+	{
+		for (i = 0; i < LAVA_HTTP_NMULTI; i++)
+		{
+			if (h->multis[i].m != NULL)
+				curl_multi_cleanup(h->multis[i].m);
+		}
 		if (h->epfd >= 0)
 			close(h->epfd);
 		free(h->events);
@@ -698,26 +825,39 @@ LavaHttpCreate(void)
 		return NULL;
 	}
 
-	curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, SocketCb);
-	curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, (void *) h);
-	curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, TimerCb);
-	curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, (void *) h);
-	curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
-	curl_multi_setopt(h->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
-	curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, LAVA_HTTP_MAXCONNECTS);
-	curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
+	for (i = 0; i < LAVA_HTTP_NMULTI; i++)
+	{
+		CURLM	   *m = h->multis[i].m;
+
+		curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, SocketCb);
+		curl_multi_setopt(m, CURLMOPT_SOCKETDATA, (void *) &h->multis[i]);
+		curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, TimerCb);
+		curl_multi_setopt(m, CURLMOPT_TIMERDATA, (void *) &h->multis[i]);
+		curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
+		curl_multi_setopt(m, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
+	}
+	LavaHttpSetMaxConnections(h, 0);
 	return h;
 }
 
 /*
- * Sizes the connection cache to the calls kept in flight: a smaller cache
- * closes a connection after every call, a much larger one makes curl walk
- * a long list of idle connections for every new call.
+ * Sizes the connection caches to the calls kept in flight (n; 0 for a
+ * default): a smaller cache closes a connection after every call, a much
+ * larger one makes curl walk a long list of idle connections for every new
+ * call.  An HTTP/2 origin gets at most n / LAVA_HTTP_H2_STREAMS + 1
+ * connections: calls beyond what their streams take wait in curl for one.
  */
 void
 LavaHttpSetMaxConnections(LavaHttp *h, long n)
 {
-	curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, n > 0 ? n : LAVA_HTTP_MAXCONNECTS);
+	long		cache = n > 0 ? n : LAVA_HTTP_MAXCONNECTS;
+	int			i;
+
+	for (i = 0; i < LAVA_HTTP_NMULTI; i++)
+		curl_multi_setopt(h->multis[i].m, CURLMOPT_MAXCONNECTS, cache);
+	curl_multi_setopt(h->multis[LAVA_HTTP_PLAIN].m, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+	curl_multi_setopt(h->multis[LAVA_HTTP_H2].m, CURLMOPT_MAX_HOST_CONNECTIONS,
+					  cache / LAVA_HTTP_H2_STREAMS + 1);
 }
 
 /*
@@ -746,6 +886,7 @@ void
 LavaHttpDestroy(LavaHttp *h)
 {
 	LavaHttpXfer *x;
+	int			i;
 
 	if (h == NULL)
 		return;
@@ -753,13 +894,16 @@ LavaHttpDestroy(LavaHttp *h)
 	{
 		if (x->in_multi)
 		{
-			curl_multi_remove_handle(h->multi, x->easy);
+			curl_multi_remove_handle(h->multis[x->which].m, x->easy);
 			x->in_multi = 0;
 		}
 	}
 	while (h->all != NULL)
 		DropXfer(h, h->all);
-	curl_multi_cleanup(h->multi);
+	for (i = 0; i < LAVA_HTTP_NMULTI; i++)
+		curl_multi_cleanup(h->multis[i].m);
+	for (i = 0; i < LAVA_HTTP_H2_ORIGINS; i++)
+		free(h->h2_origins[i]);
 	close(h->epfd);
 	free(h->events);
 	free(h->ca_file);
@@ -811,7 +955,8 @@ StartXfer(LavaHttp *h, LavaHttpXfer *x, const LavaHttpRequest *req,
 		CopyText(err, errlen, curl_easy_strerror(rc));
 		return -1;
 	}
-	mc = curl_multi_add_handle(h->multi, x->easy);
+	x->which = FindH2Origin(h, req->url) >= 0 ? LAVA_HTTP_H2 : LAVA_HTTP_PLAIN;
+	mc = curl_multi_add_handle(h->multis[x->which].m, x->easy);
 	if (mc != CURLM_OK)
 	{
 		CopyText(err, errlen, curl_multi_strerror(mc));
@@ -919,19 +1064,58 @@ long
 LavaHttpTimeoutMs(const LavaHttp *h)
 {
 	long long	left;
+	long long	deadline = 0;
+	int			armed = 0;
+	int			i;
 
 	if (h == NULL)
 		return -1;
 	if (h->done_head != NULL)
 		return 0;
-	if (!h->timer_armed)
+	for (i = 0; i < LAVA_HTTP_NMULTI; i++)
+	{
+		const LavaHttpMulti *mm = &h->multis[i];
+
+		if (mm->timer_armed && (!armed || mm->deadline_us < deadline))
+			deadline = mm->deadline_us;
+		armed |= mm->timer_armed;
+	}
+	if (!armed)
 		return -1;
-	left = h->deadline_us - NowUs();
+	left = deadline - NowUs();
 	if (left <= 0)
 		return 0;
 	/* round up, so that the caller never wakes before curl's deadline */
 	left = (left + 999) / 1000;
 	return left > INT_MAX ? INT_MAX : (long) left;
+}
+
+/* Runs a multi handle's timeout action when it is due. */
+static void
+DriveTimer(LavaHttpMulti *mm)
+{
+	int			running;
+
+	/* curl re-arms (or disarms) the timer itself through TimerCb ... */
+	if (!mm->timer_armed || NowUs() < mm->deadline_us)
+		return;
+	curl_multi_socket_action(mm->m, CURL_SOCKET_TIMEOUT, 0, &running);
+
+	/*
+	 * ... but not always: after a transfer that timed out, or that failed
+	 * before it connected, curl 7.88 drops its last timer without telling
+	 * TimerCb, and LavaHttpTimeoutMs() would say 0 for ever: the caller
+	 * would spin until the next request.  Ask curl.
+	 */
+	if (mm->timer_armed && NowUs() >= mm->deadline_us)
+	{
+		long		ms = -1;
+
+		if (curl_multi_timeout(mm->m, &ms) == CURLM_OK && ms < 0)
+			mm->timer_armed = 0;
+		else if (ms > 0)
+			mm->deadline_us = NowUs() + (long long) ms * 1000;
+	}
 }
 
 /* Hands curl the ready sockets and the due timeout, without blocking. */
@@ -969,6 +1153,7 @@ LavaHttpDrive(LavaHttp *h)
 		for (i = 0; i < n; i++)
 		{
 			unsigned int ev = h->events[i].events;
+			uint64_t	data = h->events[i].data.u64;
 			int			mask = 0;
 
 			if (ev & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
@@ -977,31 +1162,12 @@ LavaHttpDrive(LavaHttp *h)
 				mask |= CURL_CSELECT_OUT;
 			if (ev & EPOLLERR)
 				mask |= CURL_CSELECT_ERR;
-			curl_multi_socket_action(h->multi, h->events[i].data.fd, mask,
-									 &running);
+			curl_multi_socket_action(h->multis[(data >> 32) % LAVA_HTTP_NMULTI].m,
+									 (curl_socket_t) (uint32_t) data, mask, &running);
 		}
 	}
-	/* curl re-arms (or disarms) the timer itself through TimerCb ... */
-	if (h->timer_armed && NowUs() >= h->deadline_us)
-	{
-		curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-
-		/*
-		 * ... but not always: after a transfer that timed out, or that
-		 * failed before it connected, curl 7.88 drops its last timer
-		 * without telling TimerCb, and LavaHttpTimeoutMs() would say 0 for
-		 * ever: the caller would spin until the next request.  Ask curl.
-		 */
-		if (h->timer_armed && NowUs() >= h->deadline_us)
-		{
-			long		ms = -1;
-
-			if (curl_multi_timeout(h->multi, &ms) == CURLM_OK && ms < 0)
-				h->timer_armed = 0;
-			else if (ms > 0)
-				h->deadline_us = NowUs() + (long long) ms * 1000;
-		}
-	}
+	for (i = 0; i < LAVA_HTTP_NMULTI; i++)
+		DriveTimer(&h->multis[i]);
 	CollectDone(h);
 }
 

@@ -6,7 +6,7 @@
 # mock), a burst of calls shares one connection instead of opening one each.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 25
+plan 28
 
 dir=$LAVA_TEST_DIR/tls
 mkdir -p "$dir"
@@ -164,3 +164,19 @@ conns=$(awk '{print $1}' "$dir/nginx/access.log" | sort -u | wc -l)
 diag "connections used for 30 concurrent calls: $conns"
 [ "$conns" -le 2 ]
 ok $? "they shared one connection, not one each ($conns)"
+
+# the origin is now known to answer over HTTP/2: 200 calls sent together fit
+# on two connections of 100 streams (curl's own limit); curl 7.88 alone opens
+# one connection for each call that finds the open ones full
+: >"$dir/nginx/access.log"
+kill -USR1 "$(cat "$dir/nginx/nginx.pid")"
+sleep 0.3
+ids=$(q "SELECT string_agg(lava.prompt('gpt-h2', 'big burst ' || g || ' #latency_ms=1500 #in=10 #out=5', '{}', '$key')::text, ',')
+	FROM generate_series(1, 200) g")
+q "SELECT lava.await(i, '30 seconds') FROM unnest('{$ids}'::bigint[]) i" >/dev/null
+is "$(count_status "$ids" completed)" 200 "200 calls over HTTP/2 completed"
+is "$(awk '$2 == "HTTP/2.0" && $3 == 200' "$dir/nginx/access.log" | wc -l)" 200 "nginx served all 200 over HTTP/2"
+conns=$(awk '{print $1}' "$dir/nginx/access.log" | sort -u | wc -l)
+diag "connections used for 200 concurrent calls: $conns (lava.max_concurrency 256: at most 6 per HTTP/2 origin)"
+[ "$conns" -le 7 ]
+ok $? "they took at most 7 connections ($conns)"
