@@ -6,10 +6,11 @@
  *
  * curl tells us, through the socket callback, which sockets it waits on and
  * for what; we keep them in a private epoll set, whose fd the caller puts in
- * its own wait set.  curl's single timer (the timer callback) becomes a
- * deadline the caller reads with LavaHttpTimeoutMs().  LavaHttpDrive() then
- * hands curl the ready sockets and the due timeout, and collects finished
- * transfers into a queue that LavaHttpNextResult() empties.
+ * its own wait set.  curl's timer (one per multi handle, through the timer
+ * callback) becomes a deadline the caller reads with LavaHttpTimeoutMs().
+ * LavaHttpDrive() then hands curl the ready sockets and the due timeouts,
+ * and collects finished transfers into a queue that LavaHttpNextResult()
+ * empties.
  *
  * Transfers share a multi handle, so connections (and TLS sessions) are
  * reused across requests.  There are two: one for origins that have not
@@ -110,6 +111,7 @@ typedef struct LavaHttpMulti
 	int			idx;			/* LAVA_HTTP_PLAIN or LAVA_HTTP_H2 */
 	int			timer_armed;	/* curl asked for a timeout action */
 	long long	deadline_us;	/* when, on the monotonic clock */
+	int			nxfers;			/* transfers added to it, not yet removed */
 } LavaHttpMulti;
 
 /* One transfer: an easy handle and what belongs to its current request. */
@@ -155,6 +157,9 @@ struct LavaHttp
 	char	   *ca_file;		/* CA bundle for https, NULL for curl's own */
 	char	   *h2_origins[LAVA_HTTP_H2_ORIGINS];	/* "https://host:port" */
 	int			h2_next;		/* the slot to reuse when all are taken */
+	int			plain_stale;	/* the first handle may keep idle connections
+								 * to an origin now served by the second */
+	long		maxconn;		/* as given to LavaHttpSetMaxConnections */
 };
 
 static int	lava_curl_initialized = 0;
@@ -712,6 +717,7 @@ NoteOrigin(LavaHttp *h, const char *url, long version)
 		free(h->h2_origins[h->h2_next]);
 		h->h2_origins[h->h2_next] = o;
 		h->h2_next = (h->h2_next + 1) % LAVA_HTTP_H2_ORIGINS;
+		h->plain_stale = 1;
 	}
 	else if (version != 0 && slot >= 0)
 	{
@@ -745,6 +751,7 @@ CollectDoneOf(LavaHttp *h, CURLM *multi)
 		if (x == NULL)
 			continue;			/* cannot happen: all our handles carry it */
 		x->in_multi = 0;
+		h->multis[x->which].nxfers--;
 		x->code = code;
 		x->http_status = 0;
 		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &x->http_status);
@@ -777,6 +784,50 @@ CollectDone(LavaHttp *h)
 
 	for (i = 0; i < LAVA_HTTP_NMULTI; i++)
 		CollectDoneOf(h, h->multis[i].m);
+}
+
+/* Sets a multi handle's callbacks and options. */
+static void
+SetupMulti(LavaHttpMulti *mm)
+{
+	CURLM	   *m = mm->m;
+	long		cache = mm->h->maxconn > 0 ? mm->h->maxconn : LAVA_HTTP_MAXCONNECTS;
+
+	curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, SocketCb);
+	curl_multi_setopt(m, CURLMOPT_SOCKETDATA, (void *) mm);
+	curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, TimerCb);
+	curl_multi_setopt(m, CURLMOPT_TIMERDATA, (void *) mm);
+	curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
+	curl_multi_setopt(m, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
+	curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, cache);
+	curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS,
+					  mm->idx == LAVA_HTTP_H2 ? cache / LAVA_HTTP_H2_STREAMS + 1 : 0L);
+}
+
+/*
+ * Once an origin has moved to the HTTP/2 handle, the first handle may keep
+ * the connections its first burst opened (curl opens one for each request
+ * that finds the first connection full) idle in its cache, about 110 KiB
+ * each over TLS, and closes them only when a later request there looks for
+ * a connection.  When no transfer is on it, the first handle is replaced
+ * by a fresh one, closing them all.  This happens once per origin learned.
+ */
+static void
+FreshenPlain(LavaHttp *h)
+{
+	LavaHttpMulti *mm = &h->multis[LAVA_HTTP_PLAIN];
+	CURLM	   *fresh;
+
+	if (!h->plain_stale || mm->nxfers > 0)
+		return;
+	fresh = curl_multi_init();
+	if (fresh == NULL)
+		return;					/* try again later */
+	curl_multi_cleanup(mm->m);
+	mm->m = fresh;
+	mm->timer_armed = 0;
+	SetupMulti(mm);
+	h->plain_stale = 0;
 }
 
 /* Creates a client; NULL on failure. */
@@ -826,16 +877,7 @@ LavaHttpCreate(void)
 	}
 
 	for (i = 0; i < LAVA_HTTP_NMULTI; i++)
-	{
-		CURLM	   *m = h->multis[i].m;
-
-		curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, SocketCb);
-		curl_multi_setopt(m, CURLMOPT_SOCKETDATA, (void *) &h->multis[i]);
-		curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, TimerCb);
-		curl_multi_setopt(m, CURLMOPT_TIMERDATA, (void *) &h->multis[i]);
-		curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
-		curl_multi_setopt(m, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
-	}
+		SetupMulti(&h->multis[i]);
 	LavaHttpSetMaxConnections(h, 0);
 	return h;
 }
@@ -850,14 +892,11 @@ LavaHttpCreate(void)
 void
 LavaHttpSetMaxConnections(LavaHttp *h, long n)
 {
-	long		cache = n > 0 ? n : LAVA_HTTP_MAXCONNECTS;
 	int			i;
 
+	h->maxconn = n;
 	for (i = 0; i < LAVA_HTTP_NMULTI; i++)
-		curl_multi_setopt(h->multis[i].m, CURLMOPT_MAXCONNECTS, cache);
-	curl_multi_setopt(h->multis[LAVA_HTTP_PLAIN].m, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
-	curl_multi_setopt(h->multis[LAVA_HTTP_H2].m, CURLMOPT_MAX_HOST_CONNECTIONS,
-					  cache / LAVA_HTTP_H2_STREAMS + 1);
+		SetupMulti(&h->multis[i]);
 }
 
 /*
@@ -896,6 +935,7 @@ LavaHttpDestroy(LavaHttp *h)
 		{
 			curl_multi_remove_handle(h->multis[x->which].m, x->easy);
 			x->in_multi = 0;
+			h->multis[x->which].nxfers--;
 		}
 	}
 	while (h->all != NULL)
@@ -963,6 +1003,7 @@ StartXfer(LavaHttp *h, LavaHttpXfer *x, const LavaHttpRequest *req,
 		return -1;
 	}
 	x->in_multi = 1;
+	h->multis[x->which].nxfers++;
 	return 0;
 }
 
@@ -1169,6 +1210,7 @@ LavaHttpDrive(LavaHttp *h)
 	for (i = 0; i < LAVA_HTTP_NMULTI; i++)
 		DriveTimer(&h->multis[i]);
 	CollectDone(h);
+	FreshenPlain(h);
 }
 
 /* Takes the next finished request into *out: 1 if there was one, else 0. */
