@@ -38,7 +38,7 @@ idle_rss=$(rss_now)
 # all completed, checks them, and runs wrk at the same concurrency; sets
 # RATE (lava) and UP (wrk).
 drain_at() {
-	local conc=$1 before t0 t_client t_last done_ok others secs wpid cpu0 cpu1 wcpu queued body wrk_out rpid rcpu0 rcpu1 rcpu
+	local conc=$1 before t0 t_client t_last done_ok others secs wpid cpu0 cpu1 wcpu queued rpid rcpu0 rcpu1 rcpu
 	before=$(q "SELECT count(*) FROM lava.request_store")
 	wpid=$(worker_pid)
 	rpid=$(recorder_pid)
@@ -81,14 +81,7 @@ drain_at() {
 	fi
 
 	# the upstream alone, same concurrency, same body and headers
-	body=$(q "SELECT body::text FROM lava.request_store ORDER BY request_id DESC LIMIT 1")
-	printf '%s\n' 'wrk.method = "POST"' "wrk.body = [[$body]]" 'wrk.headers["Content-Type"] = "application/json"' \
-		'wrk.headers["Authorization"] = "Bearer sk-bench"' >"$WORK/post.lua"
-	wrk_out=$(wrk -t2 -c"$conc" -d"${WRK_SECONDS:-5}"s -s "$WORK/post.lua" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" 2>&1) ||
-		die "wrk failed: $wrk_out"
-	echo "$wrk_out" | sed 's/^/  wrk: /'
-	UP=$(echo "$wrk_out" | awk '/^Requests\/sec:/ { print $2 }')
-	[ -n "$UP" ] || die "no Requests/sec from wrk"
+	wrk_rate "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" "$conc"
 }
 
 rss_sampler_start "$WORK/rss.drain"

@@ -177,20 +177,19 @@ rss_of() { awk '/^RssAnon:/ { a = $2 } /^RssFile:/ { f = $2 } END { printf "%.1f
 # cpu_ticks PID: the process's user + system CPU time so far, in clock ticks
 cpu_ticks() { awk '{ print $14 + $15 }' /proc/"$1"/stat; }
 
-# nginx_start: nginx on a free 127.0.0.1 port answering every request with a
-# fixed chat.completions JSON with usage; sets NGINX_PORT.
-NGINX_BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"bench reply"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}'
-nginx_start() {
-	NGINX_PORT=$(free_port)
-	local d=$WORK/nginx
+# nginx_common DIR MAX_FILES: the head of a bench's nginx.conf, up to and
+# including "http {": one worker (NGINX_WORKERS), in the foreground, its pid,
+# log and temp files in DIR, long keep-alive, no access log
+nginx_common() {
+	local d=$1
 	mkdir -p "$d/tmp"
-	cat >"$d/nginx.conf" <<EOF
+	cat <<EOF
 worker_processes ${NGINX_WORKERS:-1};
 daemon off;
 pid $d/nginx.pid;
 error_log $d/error.log warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 16384; multi_accept on; }
+worker_rlimit_nofile $2;
+events { worker_connections $(($2 * 4 / 5)); multi_accept on; }
 http {
 	access_log off;
 	keepalive_timeout 300s;
@@ -200,6 +199,32 @@ http {
 	fastcgi_temp_path $d/tmp/fastcgi;
 	uwsgi_temp_path $d/tmp/uwsgi;
 	scgi_temp_path $d/tmp/scgi;
+EOF
+}
+
+# wrk_rate URL CONC: wrk POSTing the body of the newest request (with its
+# headers) to URL over CONC connections for WRK_SECONDS (5); prints wrk's
+# report and sets UP to its requests/s
+wrk_rate() {
+	local body out
+	body=$(q "SELECT body::text FROM lava.request_store ORDER BY request_id DESC LIMIT 1")
+	printf '%s\n' 'wrk.method = "POST"' "wrk.body = [[$body]]" 'wrk.headers["Content-Type"] = "application/json"' \
+		'wrk.headers["Authorization"] = "Bearer sk-bench"' >"$WORK/post.lua"
+	out=$(wrk -t2 -c"$2" -d"${WRK_SECONDS:-5}"s -s "$WORK/post.lua" "$1" 2>&1) || die "wrk failed: $out"
+	echo "$out" | sed 's/^/  wrk: /'
+	UP=$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')
+	[ -n "$UP" ] || die "no Requests/sec from wrk"
+}
+
+# nginx_start: nginx on a free 127.0.0.1 port answering every request with a
+# fixed chat.completions JSON with usage; sets NGINX_PORT.
+NGINX_BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"bench reply"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}'
+nginx_start() {
+	NGINX_PORT=$(free_port)
+	local d=$WORK/nginx
+	mkdir -p "$d/tmp"
+	cat >"$d/nginx.conf" <<EOF
+$(nginx_common "$d" 20000)
 	client_body_buffer_size 64k;
 	server {
 		listen 127.0.0.1:$NGINX_PORT backlog=4096 reuseport;

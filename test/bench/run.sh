@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test/bench/run.sh: what `make bench` runs after building and installing.
 # Runs the benchmarks named in BENCH (a comma list; default: all of
-# drain,enqueue,latency,slow,memory,scale), each on its own throwaway cluster
+# drain,enqueue,latency,slow,memory,scale,https), each on its own throwaway cluster
 # and upstream, and prints one table of every figure, each measured in this
 # run against a baseline measured in this run:
 #   metric | lava | baseline | ratio | target | met?
@@ -19,6 +19,8 @@
 #   memory   MEMORY_N 10000, MEMORY_DELAY 10
 #   scale    SCALE_SECONDS 10, SCALE_KEYS 1000000, SCALE_ROWS 1000000,
 #            SCALE_DRAIN_N 20000, SCALE_PARTS enqueue,dequeue
+#   https    HTTPS_N 20000, HTTPS_CONCURRENCY 256, HTTPS_DELAY 10, HTTPS_H2_MEMORY 512,10000,
+#            HTTPS_H1_MEMORY 512
 #   all      KEEP_BENCH_DIR=1 keeps each bench's temp dir (server log, nginx.conf);
 #            BENCH_PROFILE=1 adds pg_stat_statements, per-function times and the
 #            auto_explain plans of statements over BENCH_EXPLAIN_MS (20) to each
@@ -26,7 +28,7 @@
 #            worker with perf during the drain and prints its top symbols.
 . "$(dirname "$0")/lib.sh"
 
-ALL=drain,enqueue,latency,slow,memory,scale
+ALL=drain,enqueue,latency,slow,memory,scale,https
 export BENCH_RESULTS=$WORK/results.tsv
 : >"$BENCH_RESULTS"
 
