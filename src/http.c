@@ -88,6 +88,9 @@
  */
 #define LAVA_HTTP_RECV_BUFFER 1024L
 
+/* How long curl keeps a CA bundle it has read (its default is 24 hours). */
+#define LAVA_HTTP_CA_CACHE_S 600L
+
 /* Origins remembered as answering over HTTP/2. */
 #define LAVA_HTTP_H2_ORIGINS 64
 
@@ -637,9 +640,20 @@ SetupEasy(const LavaHttp *h, LavaHttpXfer *x, const LavaHttpRequest *req,
 	LAVA_SETOPT(CURLOPT_HEADERFUNCTION, HeaderCb);
 	LAVA_SETOPT(CURLOPT_HEADERDATA, (void *) x);
 	LAVA_SETOPT(CURLOPT_HTTPHEADER, x->headers);
-	/* peer and host name are verified always (curl's defaults, kept) */
+	/*
+	 * Peer and host name are verified always (curl's defaults, kept).  A
+	 * CA bundle of our own replaces curl's: Debian's curl also looks in a
+	 * CA directory (/etc/ssl/certs), which would add every public CA.
+	 */
 	if (h->ca_file != NULL)
+	{
 		LAVA_SETOPT(CURLOPT_CAINFO, h->ca_file);
+		LAVA_SETOPT(CURLOPT_CAPATH, (char *) NULL);
+	}
+#if LIBCURL_VERSION_NUM >= 0x075700
+	/* a bundle edited in place is read again within this many seconds */
+	LAVA_SETOPT(CURLOPT_CA_CACHE_TIMEOUT, LAVA_HTTP_CA_CACHE_S);
+#endif
 	if (req->timeout_ms > 0)
 		LAVA_SETOPT(CURLOPT_TIMEOUT_MS, req->timeout_ms);
 
@@ -666,15 +680,20 @@ SetupEasy(const LavaHttp *h, LavaHttpXfer *x, const LavaHttpRequest *req,
 
 /*
  * The length of a URL's origin ("https://host:port"), or 0 when the URL is
- * not https: only there does curl learn, in the TLS handshake, whether a
- * server speaks HTTP/2.
+ * not https (only there does curl learn, in the TLS handshake, whether a
+ * server speaks HTTP/2) or carries credentials, which are not kept.
  */
 static size_t
 OriginLen(const char *url)
 {
+	size_t		len;
+
 	if (url == NULL || !StartsWithCase(url, strlen(url), "https://"))
 		return 0;
-	return strlen("https://") + strcspn(url + strlen("https://"), "/?#");
+	len = strlen("https://") + strcspn(url + strlen("https://"), "/?#");
+	if (memchr(url, '@', len) != NULL)
+		return 0;
+	return len;
 }
 
 /* The slot of the remembered HTTP/2 origin of url, or -1. */
@@ -710,13 +729,22 @@ NoteOrigin(LavaHttp *h, const char *url, long version)
 
 	if (version == CURL_HTTP_VERSION_2_0)
 	{
+		int			i;
+
 		if (slot >= 0 || len == 0 || (o = (char *) malloc(len + 1)) == NULL)
 			return;
 		memcpy(o, url, len);
 		o[len] = '\0';
-		free(h->h2_origins[h->h2_next]);
-		h->h2_origins[h->h2_next] = o;
-		h->h2_next = (h->h2_next + 1) % LAVA_HTTP_H2_ORIGINS;
+		/* a free slot, else the one after the last taken */
+		for (i = 0; i < LAVA_HTTP_H2_ORIGINS && h->h2_origins[i] != NULL; i++)
+			;
+		if (i == LAVA_HTTP_H2_ORIGINS)
+		{
+			i = h->h2_next;
+			h->h2_next = (h->h2_next + 1) % LAVA_HTTP_H2_ORIGINS;
+			free(h->h2_origins[i]);
+		}
+		h->h2_origins[i] = o;
 		h->plain_stale = 1;
 	}
 	else if (version != 0 && slot >= 0)

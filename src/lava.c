@@ -64,9 +64,12 @@ LavaShmemStartup(void)
 }
 
 /*
- * Check hook of lava.ca_file: empty, or an absolute path to a regular file
- * the server can read.  Refusing here makes ALTER SYSTEM fail at once, and
- * a reload keep the old value, instead of every https call failing later.
+ * Check hook of lava.ca_file: empty, or an absolute path.  In a client
+ * backend (ALTER SYSTEM, SET in a session) it must also name a regular file
+ * the server can read, so that a mistake fails at once.  The postmaster and
+ * the worker take any absolute path: refusing there would leave the
+ * previous value, at start-up curl's own CAs, which is failing open; the
+ * worker instead warns, and its https calls fail until the file is there.
  */
 static bool
 CheckCaFile(char **newval, void **extra, GucSource source)
@@ -82,6 +85,8 @@ CheckCaFile(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("lava.ca_file must be an absolute path.");
 		return false;
 	}
+	if (MyBackendType != B_BACKEND)
+		return true;
 	if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || access(path, R_OK) != 0)
 	{
 		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);

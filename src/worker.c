@@ -52,6 +52,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <unistd.h>
 
 #include "access/heapam.h"
 #include "access/table.h"
@@ -311,7 +312,16 @@ BeginLoopTurn(void)
 static void
 ApplyHttpSettings(void)
 {
+	/* none yet while the worker waits for its database */
+	if (Http == NULL)
+		return;
 	LavaHttpSetMaxConnections(Http, lava_max_concurrency);
+	/* taken as it is: every https call then fails, none trusts curl's CAs */
+	if (lava_ca_file[0] != '\0' && access(lava_ca_file, R_OK) != 0)
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("lava.ca_file \"%s\" cannot be read: %m", lava_ca_file),
+				 errdetail("Every HTTPS call fails until it can be read.")));
 	if (LavaHttpSetCaFile(Http, lava_ca_file) != 0)
 		ereport(WARNING,
 				(errcode(ERRCODE_OUT_OF_MEMORY),

@@ -6,13 +6,16 @@
 # mock), a burst of calls shares one connection instead of opening one each.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 29
+plan 33
 
 dir=$LAVA_TEST_DIR/tls
 mkdir -p "$dir"
 TLS_PORT=$(free_port)
 H2_PORT=$(free_port)
+conf=$LAVA_TEST_DIR/data/postgresql.conf
 cleanup() {
+	[ -n "${link:-}" ] && rm -f "$link"
+	sed -i '/^lava.ca_file = /d' "$conf"
 	[ -f "$dir/mock.pid" ] && kill "$(cat "$dir/mock.pid")" 2>/dev/null
 	[ -f "$dir/nginx/nginx.pid" ] && kill "$(cat "$dir/nginx/nginx.pid")" 2>/dev/null
 	server_set lava.ca_file
@@ -25,6 +28,9 @@ trap cleanup EXIT
 tls_certs "$dir" || exit 1
 tls_certs "$dir/rogue" || exit 1
 echo "this is not a certificate" >"$dir/junk.pem"
+# and one more CA, of another name (OpenSSL then looks further for the issuer)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$dir/other.key" \
+	-out "$dir/other.pem" -days 2 -subj "/CN=lava other CA" >/dev/null 2>&1 || exit 1
 chown -R postgres: "$dir"
 chmod 755 "$dir"
 
@@ -119,6 +125,43 @@ is "$(q "SELECT (lava.get_spend_key('$kid') ->> 'current_spend') || ' ' || (lava
 is "$(key_balanced "$kid")" t "its counters equal its requests and its ledger"
 grep -q "sk-tls-secret" "$LAVA_TEST_DIR/server.log"
 is $? 1 "no provider API key in the server log"
+
+# curl's own trust: Debian's curl reads its bundle and the CA directory
+# /etc/ssl/certs.  For the next checks only, the test CA is linked into that
+# directory by its subject hash (as c_rehash does), and unlinked right after
+# (or by the exit trap).  So a server that curl's own trust accepts is at hand.
+certs=/etc/ssl/certs
+if [ -d "$certs" ] && [ -w "$certs" ]; then
+	hash=$(openssl x509 -hash -noout -in "$dir/ca.pem")
+	n=0
+	while [ -e "$certs/$hash.$n" ]; do n=$((n + 1)); done
+	link=$certs/$hash.$n
+	ln -s "$dir/ca.pem" "$link"
+	server_set lava.ca_file
+	sleep 0.5
+	is "$(ask gpt-tls t-dir | cut -d'|' -f1)" completed "with the test CA in $certs and no lava.ca_file, curl's own trust accepts the server"
+	server_set lava.ca_file "'$dir/other.pem'"
+	sleep 0.5
+	r=$(ask gpt-tls t-dir-other)
+	is "${r%%|*}" error "with lava.ca_file set, $certs is not read: the bundle replaces curl's CAs ($r)"
+	# a path the postmaster takes from postgresql.conf at start-up or reload,
+	# and that cannot be read: fail closed, never back to curl's own CAs
+	server_set lava.ca_file
+	echo "lava.ca_file = '$dir/missing.pem'" >>"$conf"
+	q "SELECT pg_reload_conf()" >/dev/null
+	sleep 0.5
+	r=$(ask gpt-tls t-missing)
+	is "${r%%|*}" error "an unreadable lava.ca_file in postgresql.conf fails the call instead of trusting curl's CAs ($r)"
+	grep -q "lava.ca_file \"$dir/missing.pem\" cannot be read" "$LAVA_TEST_DIR/server.log"
+	ok $? "and the worker warns of it in the log"
+	sed -i '/^lava.ca_file = /d' "$conf"
+	q "SELECT pg_reload_conf()" >/dev/null
+	rm -f "$link"
+	link=
+else
+	for t in 1 2 3 4; do echo "ok $((_tap_n + t)) # skip $certs is not writable"; done
+	_tap_n=$((_tap_n + 4))
+fi
 
 # HTTP/2: nginx terminates TLS with h2 in front of the plain mock; 30 calls
 # of 0.8 s sent together share one connection (CURLOPT_PIPEWAIT)

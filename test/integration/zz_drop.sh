@@ -1,12 +1,23 @@
 # zz_drop.sh (runs last): the worker blocks neither DROP EXTENSION nor DROP
-# DATABASE of lava.database, and picks the database up again once it is back.
+# DATABASE of lava.database, survives a reload while it waits for the
+# database, and picks the database up again once it is back.
 . "$LAVA_ROOT/test/tap.sh"
-plan 4
+plan 5
 
 psql -X -qAt -d lava_it -c "SET statement_timeout = '20s'" -c "DROP EXTENSION lava CASCADE" >/dev/null 2>&1
 ok $? "DROP EXTENSION lava is not blocked by the worker"
 psql -X -qAt -d postgres -c "SET statement_timeout = '20s'" -c "DROP DATABASE lava_it" >/dev/null 2>&1
 ok $? "DROP DATABASE of lava.database is not blocked by the worker"
+# a reload while the worker waits for its database (it has no HTTP client yet)
+for i in $(seq 1 100); do
+	wpid=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lava worker' AND wait_event IS NOT NULL AND datname IS NULL" postgres)
+	[ -n "$wpid" ] && grep -q "lava worker is waiting for database \"lava_it\"" "$LAVA_TEST_DIR/server.log" && break
+	sleep 0.1
+done
+q "SELECT pg_reload_conf()" postgres >/dev/null
+sleep 0.5
+is "$(q "SELECT count(*) FROM pg_stat_activity WHERE pid = '${wpid:-0}'" postgres)/$(grep -c 'terminated by signal' "$LAVA_TEST_DIR/server.log")" 1/0 \
+	"a reload while the worker waits for its database leaves it waiting (no crash)"
 q "CREATE DATABASE lava_it" postgres >/dev/null
 q "CREATE EXTENSION lava" lava_it >/dev/null
 for i in $(seq 1 150); do
