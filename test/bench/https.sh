@@ -79,8 +79,6 @@ concurrency() {
 		die "could not set lava.max_concurrency"
 	sleep 1
 }
-# sockets PID: the sockets a process has open
-sockets() { find /proc/"$1"/fd -lname 'socket:*' 2>/dev/null | wc -l; }
 
 use "https://127.0.0.1:$H2_PORT/fast/v1"
 q "$(enqueue_sql 1000 'warm up')" >/dev/null || die "warm-up enqueue failed"
@@ -120,27 +118,14 @@ record "https drain: requests/s, HTTP/1.1 (conc $CONC)" "$(printf '%.0f' "$RATE_
 
 # in_flight WHAT URL M: M calls in flight to URL; the memory row
 in_flight() {
-	local peak=0 socks=0 f s wpid deadline
 	concurrency "$3"
 	use "$2"
-	wpid=$(worker_pid)
 	rss_sampler_start "$WORK/rss.${1//\//}.$3"
-	q "$(enqueue_sql "$3" 'hello')" >/dev/null || die "enqueue failed"
-	deadline=$(calc "$(now_s) + 600")
-	while [ "$(busy)" = t ]; do
-		f=$(q "SELECT in_flight FROM lava.worker_status")
-		[ "${f:-0}" -gt "$peak" ] && peak=$f
-		s=$(sockets "$wpid")
-		[ "$s" -gt "$socks" ] && socks=$s
-		awk "BEGIN { exit !($(now_s) > $deadline) }" && die "the queue did not drain"
-		sleep 0.2
-	done
-	sleep 0.5
+	burst_peak "$3" 600
 	stop_bg "$RSS_PID"
-	[ "$(q "SELECT count(*) FROM lava.request_store WHERE status NOT IN ('completed')")" = 0 ] || die "some requests did not complete"
-	echo "  $1, $3 calls: in flight at most $peak, the worker's sockets at most $socks;" \
+	echo "  $1, $3 calls: in flight at most $PEAK, the worker's sockets at most $PEAK_SOCKETS;" \
 		"after the burst $(rss_now) MB"
-	rss_report "$WORK/rss.${1//\//}.$3" "https $1, $peak in flight" "$idle_rss"
+	rss_report "$WORK/rss.${1//\//}.$3" "https $1, $PEAK in flight" "$idle_rss"
 }
 
 IFS=, read -r -a h2_sizes <<<"$H2_MEMORY"

@@ -171,6 +171,9 @@ worker_pid() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lava wo
 # recorder_pid: the pid of the lava recorder (empty when none runs).
 recorder_pid() { q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lava recorder'" postgres; }
 
+# sockets PID: the sockets a process has open
+sockets() { find /proc/"$1"/fd -lname 'socket:*' 2>/dev/null | wc -l; }
+
 # rss_of PID: a process's own memory now (RssAnon + RssFile), in MB.
 rss_of() { awk '/^RssAnon:/ { a = $2 } /^RssFile:/ { f = $2 } END { printf "%.1f", (a + f) / 1024 }' /proc/"$1"/status; }
 
@@ -366,6 +369,29 @@ rss_sampler_start() {
 			sleep '"$interval"'
 		done'
 	RSS_PID=$BG_PID
+}
+
+# burst_peak N TIMEOUT_S: queues N prompts in one transaction, polls every
+# 0.2 s until none is queued or running (dies after TIMEOUT_S, or if one did
+# not complete); sets PEAK, the most calls in flight (lava.worker_status),
+# and PEAK_SOCKETS, the most sockets the worker had open
+burst_peak() {
+	local f s wpid deadline
+	wpid=$(worker_pid)
+	PEAK=0
+	PEAK_SOCKETS=0
+	q "$(enqueue_sql "$1" 'hello')" >/dev/null || die "enqueue failed"
+	deadline=$(calc "$(now_s) + $2")
+	while [ "$(busy)" = t ]; do
+		f=$(q "SELECT in_flight FROM lava.worker_status")
+		[ "${f:-0}" -gt "$PEAK" ] && PEAK=$f
+		s=$(sockets "$wpid")
+		[ "$s" -gt "$PEAK_SOCKETS" ] && PEAK_SOCKETS=$s
+		awk "BEGIN { exit !($(now_s) > $deadline) }" && die "the queue did not drain"
+		sleep 0.2
+	done
+	sleep 0.5
+	[ "$(q "SELECT count(*) FROM lava.request_store WHERE status <> 'completed'")" = 0 ] || die "some requests did not complete"
 }
 
 # rss_max FILE [EXPR]: the largest sample, in MB, of an awk expression over

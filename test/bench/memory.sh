@@ -23,18 +23,9 @@ steady_stats
 idle_rss=$(rss_now)
 
 rss_sampler_start "$WORK/rss.mem"
-q "$(enqueue_sql "$N" 'hello')" >/dev/null || die "enqueue failed"
-peak=0
-deadline=$(calc "$(now_s) + 300")
-while [ "$(busy)" = t ]; do
-	f=$(q "SELECT in_flight FROM lava.worker_status")
-	[ "${f:-0}" -gt "$peak" ] && peak=$f
-	awk "BEGIN { exit !($(now_s) > $deadline) }" && die "the queue did not drain"
-	sleep 0.2
-done
-sleep 0.5
+burst_peak "$N" 300
 stop_bg "$RSS_PID"
-[ "$(q "SELECT count(*) FROM lava.request_store WHERE status <> 'completed'")" = 0 ] || die "some requests did not complete"
-echo "  in flight at most: $peak (worker_status); upstream: $(curl -fsS "http://127.0.0.1:$SLOW_PORT/_stats")"
+echo "  in flight at most: $PEAK (worker_status), the worker's sockets at most $PEAK_SOCKETS;" \
+	"upstream: $(curl -fsS "http://127.0.0.1:$SLOW_PORT/_stats")"
 echo "  worker RSS after the burst (anon + file): $(rss_now) MB; idle before it: $idle_rss MB"
-rss_report "$WORK/rss.mem" "$peak in flight" "$idle_rss"
+rss_report "$WORK/rss.mem" "$PEAK in flight" "$idle_rss"
