@@ -18,4 +18,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# the tests start nginx on ports of their own: the system service that
+	# installing the package may have started (on port 80) is not wanted
+	if [[ " ${missing[*]} " == *" nginx "* ]] && [ -s /run/nginx.pid ]; then
+		/usr/sbin/nginx -s quit 2>/dev/null || true
+	fi
 fi
