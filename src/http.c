@@ -51,6 +51,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -157,7 +158,11 @@ struct LavaHttp
 	int			ndropped;		/* transfers freed since the last trim */
 	LavaHttpXfer *done_head;	/* finished, waiting for NextResult */
 	LavaHttpXfer *done_tail;
-	char	   *ca_file;		/* CA bundle for https, NULL for curl's own */
+	char	   *ca_file;		/* CA bundle given to curl, NULL: curl's defaults */
+	char	   *ca_given;		/* the bundle as set (or curl's built-in one) */
+	char	   *ca_default;		/* curl's built-in bundle, NULL when none */
+	struct stat ca_stat;		/* the bundle's identity when last set */
+	int			ca_flip;		/* which of two spellings ca_file has */
 	char	   *h2_origins[LAVA_HTTP_H2_ORIGINS];	/* "https://host:port" */
 	int			h2_next;		/* the slot to reuse when all are taken */
 	int			plain_stale;	/* the first handle may keep idle connections
@@ -641,9 +646,11 @@ SetupEasy(const LavaHttp *h, LavaHttpXfer *x, const LavaHttpRequest *req,
 	LAVA_SETOPT(CURLOPT_HEADERDATA, (void *) x);
 	LAVA_SETOPT(CURLOPT_HTTPHEADER, x->headers);
 	/*
-	 * Peer and host name are verified always (curl's defaults, kept).  A
-	 * CA bundle of our own replaces curl's: Debian's curl also looks in a
-	 * CA directory (/etc/ssl/certs), which would add every public CA.
+	 * Peer and host name are verified always (curl's defaults, kept).  The
+	 * bundle (lava.ca_file, else curl's built-in one) goes without curl's CA
+	 * directory: that would add every public CA to a private bundle, and
+	 * while a directory is set curl 7.88 caches no CA store, so that every
+	 * connection parsed the whole bundle again (about 900 KiB each).
 	 */
 	if (h->ca_file != NULL)
 	{
@@ -814,6 +821,28 @@ CollectDone(LavaHttp *h)
 		CollectDoneOf(h, h->multis[i].m);
 }
 
+/*
+ * curl's built-in CA bundle, if it has one and the file is there (malloc'd;
+ * NULL otherwise, and then curl's defaults are kept as they are).
+ */
+static char *
+DefaultCaBundle(void)
+{
+	char	   *found = NULL;
+#if LIBCURL_VERSION_NUM >= 0x075400
+	CURL	   *e = curl_easy_init();
+	char	   *path = NULL;
+
+	if (e == NULL)
+		return NULL;
+	if (curl_easy_getinfo(e, CURLINFO_CAINFO, &path) == CURLE_OK &&
+		path != NULL && access(path, R_OK) == 0)
+		found = strdup(path);
+	curl_easy_cleanup(e);
+#endif
+	return found;
+}
+
 /* Sets a multi handle's callbacks and options. */
 static void
 SetupMulti(LavaHttpMulti *mm)
@@ -907,6 +936,12 @@ LavaHttpCreate(void)
 	for (i = 0; i < LAVA_HTTP_NMULTI; i++)
 		SetupMulti(&h->multis[i]);
 	LavaHttpSetMaxConnections(h, 0);
+	h->ca_default = DefaultCaBundle();
+	if (LavaHttpSetCaFile(h, NULL) != 0)
+	{
+		LavaHttpDestroy(h);
+		return NULL;
+	}
 	return h;
 }
 
@@ -927,24 +962,69 @@ LavaHttpSetMaxConnections(LavaHttp *h, long n)
 		SetupMulti(&h->multis[i]);
 }
 
+/* True when two stat results name the same file with the same contents' age. */
+static int
+SameFile(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino &&
+		a->st_size == b->st_size && a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+		a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
 /*
  * Sets the CA bundle that https peers are verified against, for requests
- * submitted from now on; NULL or "" goes back to curl's built-in bundle.
- * Returns -1, changing nothing, when out of memory.
+ * submitted from now on; NULL or "" means curl's built-in bundle.  curl
+ * keeps the store it read from a bundle, keyed by the bundle's name; when
+ * the name or the file changed since the last call, the bundle is given
+ * under its other spelling ("dir/./name"), so that new connections read it
+ * again at once.  Returns -1, changing nothing, when out of memory.
  */
 int
 LavaHttpSetCaFile(LavaHttp *h, const char *path)
 {
-	char	   *copy = NULL;
+	const char *given = (path != NULL && path[0] != '\0') ? path : h->ca_default;
+	struct stat st;
+	char	   *keep;
+	char	   *spelled;
+	const char *slash;
+	size_t		dir;
+	int			flip;
 
-	if (path != NULL && path[0] != '\0')
+	if (given == NULL)
 	{
-		copy = strdup(path);
-		if (copy == NULL)
-			return -1;
+		/* no built-in bundle known: curl's defaults, directory included */
+		free(h->ca_file);
+		free(h->ca_given);
+		h->ca_file = h->ca_given = NULL;
+		return 0;
 	}
+	if (stat(given, &st) != 0)
+		memset(&st, 0, sizeof(st));
+	if (h->ca_given != NULL && strcmp(h->ca_given, given) == 0 &&
+		SameFile(&st, &h->ca_stat))
+		return 0;
+	flip = !h->ca_flip;
+	keep = strdup(given);
+	spelled = (char *) malloc(strlen(given) + 3);
+	if (keep == NULL || spelled == NULL)
+	{
+		free(keep);
+		free(spelled);
+		return -1;
+	}
+	slash = strrchr(given, '/');
+	dir = slash != NULL ? (size_t) (slash - given) + 1 : 0;
+	memcpy(spelled, given, dir);
+	spelled[dir] = '\0';
+	if (flip)
+		strcat(spelled, "./");
+	strcat(spelled, given + dir);
 	free(h->ca_file);
-	h->ca_file = copy;
+	free(h->ca_given);
+	h->ca_file = spelled;
+	h->ca_given = keep;
+	h->ca_stat = st;
+	h->ca_flip = flip;
 	return 0;
 }
 
@@ -975,6 +1055,8 @@ LavaHttpDestroy(LavaHttp *h)
 	close(h->epfd);
 	free(h->events);
 	free(h->ca_file);
+	free(h->ca_given);
+	free(h->ca_default);
 	free(h);
 }
 

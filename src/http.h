@@ -90,7 +90,7 @@ extern LavaHttp *LavaHttpCreate(void);
 extern void LavaHttpDestroy(LavaHttp *h);
 extern void LavaHttpSetMaxConnections(LavaHttp *h, long n);
 
-/* CA bundle for https peers (NULL or "": curl's own); -1 when out of memory. */
+/* CA bundle for https peers (NULL or "": curl's built-in one); -1 when out of memory. */
 extern int	LavaHttpSetCaFile(LavaHttp *h, const char *path);
 
 /*

@@ -64,12 +64,12 @@ LavaShmemStartup(void)
 }
 
 /*
- * Check hook of lava.ca_file: empty, or an absolute path.  In a client
- * backend (ALTER SYSTEM, SET in a session) it must also name a regular file
- * the server can read, so that a mistake fails at once.  The postmaster and
- * the worker take any absolute path: refusing there would leave the
- * previous value, at start-up curl's own CAs, which is failing open; the
- * worker instead warns, and its https calls fail until the file is there.
+ * Check hook of lava.ca_file.  In a client backend (ALTER SYSTEM) it must
+ * be empty or an absolute path to a regular file the server can read, so
+ * that a mistake fails at once.  The postmaster and the worker take any
+ * value: refusing there would leave the previous value, at start-up curl's
+ * own CAs, which is failing open; the worker instead warns, and its https
+ * calls fail until the file can be read.
  */
 static bool
 CheckCaFile(char **newval, void **extra, GucSource source)
@@ -77,7 +77,7 @@ CheckCaFile(char **newval, void **extra, GucSource source)
 	const char *path = *newval;
 	struct stat st;
 
-	if (path == NULL || path[0] == '\0')
+	if (path == NULL || path[0] == '\0' || MyBackendType != B_BACKEND)
 		return true;
 	if (!is_absolute_path(path))
 	{
@@ -85,8 +85,6 @@ CheckCaFile(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("lava.ca_file must be an absolute path.");
 		return false;
 	}
-	if (MyBackendType != B_BACKEND)
-		return true;
 	if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || access(path, R_OK) != 0)
 	{
 		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);

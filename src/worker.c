@@ -322,11 +322,12 @@ ApplyHttpSettings(void)
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
 				 errmsg("lava.ca_file \"%s\" cannot be read: %m", lava_ca_file),
 				 errdetail("Every HTTPS call fails until it can be read.")));
+	/* never go on with a bundle other than the one set */
 	if (LavaHttpSetCaFile(Http, lava_ca_file) != 0)
-		ereport(WARNING,
+		ereport(FATAL,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory"),
-				 errdetail("The worker keeps its previous lava.ca_file.")));
+				 errdetail("The worker could not take lava.ca_file.")));
 }
 
 /* Creates the HTTP client and the wait set: latch, postmaster death, curl. */

@@ -6,7 +6,7 @@
 # mock), a burst of calls shares one connection instead of opening one each.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 33
+plan 36
 
 dir=$LAVA_TEST_DIR/tls
 mkdir -p "$dir"
@@ -31,6 +31,8 @@ echo "this is not a certificate" >"$dir/junk.pem"
 # and one more CA, of another name (OpenSSL then looks further for the issuer)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$dir/other.key" \
 	-out "$dir/other.pem" -days 2 -subj "/CN=lava other CA" >/dev/null 2>&1 || exit 1
+# private keys readable by their owner only (the CA's is trusted below)
+chmod 600 "$dir"/*.key "$dir"/rogue/*.key
 chown -R postgres: "$dir"
 chmod 755 "$dir"
 
@@ -126,24 +128,27 @@ is "$(key_balanced "$kid")" t "its counters equal its requests and its ledger"
 grep -q "sk-tls-secret" "$LAVA_TEST_DIR/server.log"
 is $? 1 "no provider API key in the server log"
 
-# curl's own trust: Debian's curl reads its bundle and the CA directory
-# /etc/ssl/certs.  For the next checks only, the test CA is linked into that
-# directory by its subject hash (as c_rehash does), and unlinked right after
-# (or by the exit trap).  So a server that curl's own trust accepts is at hand.
+# curl's CA directory: Debian's curl reads its bundle and the directory
+# /etc/ssl/certs; lava gives curl the bundle alone (see http.c).  For the
+# next checks only, the test CA is copied into that directory under its
+# subject hash (as c_rehash names it), with a first line that marks it as
+# ours, and removed right after (or by the exit trap; a copy left by a
+# killed run is removed first).
 certs=/etc/ssl/certs
 if [ -d "$certs" ] && [ -w "$certs" ]; then
+	grep -l '^lava test CA, test/integration/https.sh' "$certs"/* 2>/dev/null | xargs -r rm -f
 	hash=$(openssl x509 -hash -noout -in "$dir/ca.pem")
 	n=0
-	while [ -e "$certs/$hash.$n" ]; do n=$((n + 1)); done
-	link=$certs/$hash.$n
-	ln -s "$dir/ca.pem" "$link"
+	while [ -e "$certs/$hash.$n" ] || [ -L "$certs/$hash.$n" ]; do n=$((n + 1)); done
+	{ echo "lava test CA, test/integration/https.sh"; cat "$dir/ca.pem"; } >"$certs/$hash.$n" && link=$certs/$hash.$n
 	server_set lava.ca_file
 	sleep 0.5
-	is "$(ask gpt-tls t-dir | cut -d'|' -f1)" completed "with the test CA in $certs and no lava.ca_file, curl's own trust accepts the server"
+	r=$(ask gpt-tls t-dir)
+	is "${r%%|*}" error "with the test CA only in $certs and no lava.ca_file, the server is refused: the directory is not read ($r)"
 	server_set lava.ca_file "'$dir/other.pem'"
 	sleep 0.5
 	r=$(ask gpt-tls t-dir-other)
-	is "${r%%|*}" error "with lava.ca_file set, $certs is not read: the bundle replaces curl's CAs ($r)"
+	is "${r%%|*}" error "with lava.ca_file set, $certs is not read either ($r)"
 	# a path the postmaster takes from postgresql.conf at start-up or reload,
 	# and that cannot be read: fail closed, never back to curl's own CAs
 	server_set lava.ca_file
@@ -151,17 +156,38 @@ if [ -d "$certs" ] && [ -w "$certs" ]; then
 	q "SELECT pg_reload_conf()" >/dev/null
 	sleep 0.5
 	r=$(ask gpt-tls t-missing)
-	is "${r%%|*}" error "an unreadable lava.ca_file in postgresql.conf fails the call instead of trusting curl's CAs ($r)"
+	echo "$r" | grep -q "^error|error setting certificate file: $dir/\(\./\)\?missing.pem"
+	ok $? "an unreadable lava.ca_file in postgresql.conf fails the call on that file, not on curl's CAs ($r)"
 	grep -q "lava.ca_file \"$dir/missing.pem\" cannot be read" "$LAVA_TEST_DIR/server.log"
 	ok $? "and the worker warns of it in the log"
+	# a relative path there too (the check for an absolute path is ALTER SYSTEM's)
+	sed -i '/^lava.ca_file = /d' "$conf"
+	echo "lava.ca_file = 'missing.pem'" >>"$conf"
+	q "SELECT pg_reload_conf()" >/dev/null
+	sleep 0.5
+	r=$(ask gpt-tls t-relative)
+	echo "$r" | grep -q "^error|error setting certificate file: \(\./\)\?missing.pem"
+	ok $? "so does a relative one ($r)"
 	sed -i '/^lava.ca_file = /d' "$conf"
 	q "SELECT pg_reload_conf()" >/dev/null
 	rm -f "$link"
 	link=
 else
-	for t in 1 2 3 4; do echo "ok $((_tap_n + t)) # skip $certs is not writable"; done
-	_tap_n=$((_tap_n + 4))
+	for t in 1 2 3 4 5; do echo "ok $((_tap_n + t)) # skip $certs is not writable"; done
+	_tap_n=$((_tap_n + 5))
 fi
+
+# a bundle rewritten in place is read again at the next reload: curl keeps
+# the store it read for a bundle, but not across a change lava sees
+cp "$dir/other.pem" "$dir/edit.pem"
+server_set lava.ca_file "'$dir/edit.pem'"
+sleep 0.5
+is "$(ask gpt-tls t-edit1 | cut -d'|' -f1)" error "a bundle holding another CA refuses the server"
+cp "$dir/ca.pem" "$dir/edit.pem"
+q "SELECT pg_reload_conf()" >/dev/null
+sleep 0.5
+r=$(ask gpt-tls t-edit2)
+is "${r%%|*}" completed "once it holds the test CA and the server reloads, the server is accepted ($r)"
 
 # HTTP/2: nginx terminates TLS with h2 in front of the plain mock; 30 calls
 # of 0.8 s sent together share one connection (CURLOPT_PIPEWAIT)
