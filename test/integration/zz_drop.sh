@@ -6,17 +6,19 @@ plan 5
 
 psql -X -qAt -d lava_it -c "SET statement_timeout = '20s'" -c "DROP EXTENSION lava CASCADE" >/dev/null 2>&1
 ok $? "DROP EXTENSION lava is not blocked by the worker"
+dropped_at=$(stat -c %s "$LAVA_TEST_DIR/server.log")
 psql -X -qAt -d postgres -c "SET statement_timeout = '20s'" -c "DROP DATABASE lava_it" >/dev/null 2>&1
 ok $? "DROP DATABASE of lava.database is not blocked by the worker"
-# a reload while the worker waits for its database (it has no HTTP client yet)
-for i in $(seq 1 100); do
+# a reload while the worker waits for its database (it has no HTTP client
+# yet); getting there takes the worker two restarts, 5 s apart
+for i in $(seq 1 300); do
 	wpid=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lava worker' AND wait_event IS NOT NULL AND datname IS NULL" postgres)
-	[ -n "$wpid" ] && grep -q "lava worker is waiting for database \"lava_it\"" "$LAVA_TEST_DIR/server.log" && break
+	[ -n "$wpid" ] && tail -c +$((dropped_at + 1)) "$LAVA_TEST_DIR/server.log" | grep -q "lava worker is waiting for database \"lava_it\"" && break
 	sleep 0.1
 done
 logsize=$(stat -c %s "$LAVA_TEST_DIR/server.log")
 q "SELECT pg_reload_conf()" postgres >/dev/null
-sleep 0.5
+sleep 1
 is "$(q "SELECT count(*) FROM pg_stat_activity WHERE pid = '${wpid:-0}'" postgres)/$(tail -c +$((logsize + 1)) "$LAVA_TEST_DIR/server.log" | grep -c 'terminated by signal')" 1/0 \
 	"a reload while the worker waits for its database leaves it waiting (no crash)"
 q "CREATE DATABASE lava_it" postgres >/dev/null
