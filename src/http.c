@@ -27,7 +27,7 @@
  * Memory per request in flight (about 12 KiB over plain HTTP/1.1 with curl
  * 7.88): curl's easy handle (5.4 KiB) and connection (about 4.5 KiB), its
  * 1 KiB receive buffer, and our transfer with its copies of the headers
- * and body (under 1 KiB).  Over HTTP/2 a stream costs about 22 KiB and the
+ * and body (under 1 KiB).  Over HTTP/2 a stream costs about 18 KiB and the
  * connections are few; over HTTP/1.1 with TLS each request has a
  * connection of its own, with OpenSSL's state: about 110 KiB.  Answers are kept in buffers of their own size,
  * and the memory of a burst goes back to the system as it ends.
@@ -88,6 +88,14 @@
  * per request in flight, most of it while the request waits for an answer.
  */
 #define LAVA_HTTP_RECV_BUFFER 1024L
+
+/*
+ * curl's send buffer, which an HTTP/2 request body goes through: 16 KiB is
+ * the least curl takes.  The default (64 KiB) cost about 3.5 KiB more RSS
+ * per stream in flight (a standalone test with 2,000 streams: 18.9 against
+ * 15.4 KiB per call); plain HTTP/1.1 sends a small body without it.
+ */
+#define LAVA_HTTP_SEND_BUFFER 16384L
 
 /* How long curl keeps a CA bundle it has read (its default is 24 hours). */
 #define LAVA_HTTP_CA_CACHE_S 600L
@@ -639,6 +647,9 @@ SetupEasy(const LavaHttp *h, LavaHttpXfer *x, const LavaHttpRequest *req,
 	LAVA_SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) LAVA_HTTP_MAX_RESPONSE);
 	LAVA_SETOPT(CURLOPT_USERAGENT, "lava");
 	LAVA_SETOPT(CURLOPT_BUFFERSIZE, LAVA_HTTP_RECV_BUFFER);
+#if LIBCURL_VERSION_NUM >= 0x073e00
+	LAVA_SETOPT(CURLOPT_UPLOAD_BUFFERSIZE, LAVA_HTTP_SEND_BUFFER);
+#endif
 	LAVA_SETOPT(CURLOPT_ERRORBUFFER, x->errbuf);
 	LAVA_SETOPT(CURLOPT_WRITEFUNCTION, WriteCb);
 	LAVA_SETOPT(CURLOPT_WRITEDATA, (void *) x);

@@ -6,7 +6,7 @@
 # mock), a burst of calls shares one connection instead of opening one each.
 . "$LAVA_ROOT/test/tap.sh"
 export TEST_DB=lava_it
-plan 36
+plan 37
 
 dir=$LAVA_TEST_DIR/tls
 mkdir -p "$dir"
@@ -207,6 +207,7 @@ http {
 	fastcgi_temp_path $dir/nginx/tmp/fastcgi;
 	uwsgi_temp_path $dir/nginx/tmp/uwsgi;
 	scgi_temp_path $dir/nginx/tmp/scgi;
+	client_body_buffer_size 1m;
 	server {
 		listen 127.0.0.1:$H2_PORT ssl http2;
 		ssl_certificate $dir/srv.pem;
@@ -243,6 +244,17 @@ burst() {
 burst 30 800
 [ "$conns" -le 2 ]
 ok $? "they shared one connection, not one each ($conns)"
+
+# a request body larger than curl's send buffer (16 KiB), which an HTTP/2
+# body goes through, arrives whole
+id=$(q "SELECT lava.prompt('gpt-h2', 'big body #id=t-bigbody ' || repeat('x', 100000), '{}', '$key')")
+q "SELECT lava.await($id, '30 seconds')" >/dev/null
+is "$(q "SELECT status FROM lava.request_store WHERE request_id = $id")/$(mock_log "'#id=t-bigbody' in json.dumps(r['body'])" |
+	/usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)[0]["body"]["messages"][0]["content"]))')" \
+	"completed/100023" "a 100 KB prompt over HTTP/2 completes, the upstream got all of it"
+: >"$dir/nginx/access.log"
+kill -USR1 "$(cat "$dir/nginx/nginx.pid")"
+sleep 0.3
 
 # the origin is now known to answer over HTTP/2: 200 calls sent together take
 # at most lava.max_concurrency / 50 + 1 = 6 connections; curl 7.88 alone
