@@ -18,9 +18,9 @@
  * connections per origin is bounded (see LavaHttpSetMaxConnections): curl
  * 7.88, once it knows an origin multiplexes, opens a connection of its own
  * for each request that finds the open ones full, and over TLS each costs
- * about 110 KiB.  Easy handles are kept on a free list and
- * reset rather than freed, up to LAVA_HTTP_MAX_IDLE of them (one that
- * failed to start a request is freed).  Nothing here is sized by the number
+ * about 110 KiB.  Easy handles are kept on a free list and reset rather
+ * than freed, up to LAVA_HTTP_MAX_IDLE of them (one that failed to start a
+ * request is freed).  Nothing here is sized by the number
  * of transfers: sockets live in epoll, transfers in linked lists, and each
  * event costs O(1) on our side.
  *
@@ -29,8 +29,9 @@
  * 1 KiB receive buffer, and our transfer with its copies of the headers
  * and body (under 1 KiB).  Over HTTP/2 a stream costs about 18 KiB and the
  * connections are few; over HTTP/1.1 with TLS each request has a
- * connection of its own, with OpenSSL's state: about 110 KiB.  Answers are kept in buffers of their own size,
- * and the memory of a burst goes back to the system as it ends.
+ * connection of its own, with OpenSSL's state: about 110 KiB.  Answers are
+ * kept in buffers of their own size, and the memory of a burst goes back
+ * to the system as it ends.
  *
  * Only malloc/free are used: the caller's PostgreSQL memory contexts are
  * reset between loops and must not own anything of ours.  Request headers
@@ -944,9 +945,7 @@ LavaHttpCreate(void)
 		return NULL;
 	}
 
-	for (i = 0; i < LAVA_HTTP_NMULTI; i++)
-		SetupMulti(&h->multis[i]);
-	LavaHttpSetMaxConnections(h, 0);
+	LavaHttpSetMaxConnections(h, 0);	/* sets each multi handle up */
 	h->ca_default = DefaultCaBundle();
 	if (LavaHttpSetCaFile(h, NULL) != 0)
 	{

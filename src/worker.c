@@ -312,9 +312,6 @@ BeginLoopTurn(void)
 static void
 ApplyHttpSettings(void)
 {
-	/* none yet while the worker waits for its database */
-	if (Http == NULL)
-		return;
 	LavaHttpSetMaxConnections(Http, lava_max_concurrency);
 	/* taken as it is: every https call then fails, none trusts curl's CAs */
 	if (lava_ca_file[0] != '\0' && access(lava_ca_file, R_OK) != 0)
@@ -1122,6 +1119,16 @@ SettleWaitMs(void)
 	return Max(SETTLE_RETRY_MS - TimestampDifferenceMilliseconds(DeferredSeenAt, now), 0);
 }
 
+/*
+ * True when the worker makes the deferred settlements itself: no recorder
+ * runs, and the extension is there with its start-up recovery done.
+ */
+static bool
+WorkerSettles(void)
+{
+	return !RecorderReady() && ExtensionPresent && !NeedRecover;
+}
+
 /* timeout, cut to when SettleDeferred is due (at least 1 ms) */
 static long
 SettleTimeout(long timeout)
@@ -1421,11 +1428,11 @@ WaitForDatabase(void)
 	for (;;)
 	{
 		CHECK_FOR_INTERRUPTS();
+		/* (no HTTP client yet: StartHttp gives it the settings read here) */
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
-			ApplyHttpSettings();
 		}
 		if (DatabaseExists(lava_database))
 		{
@@ -1478,7 +1485,7 @@ NextTimeout(void)
 	}
 	if (RecordingBehind())
 		return Min(timeout, LINGER_MS);
-	if (!RecorderReady() && ExtensionPresent && !NeedRecover)
+	if (WorkerSettles())
 		timeout = SettleTimeout(timeout);
 	if (LavaHttpInFlight(Http) < lava_max_concurrency)
 	{
@@ -1650,7 +1657,7 @@ LavaWorkerMain(Datum main_arg)
 			RecordOutcomes();
 		if (!RecorderReady() && !InBackoff() && !LavaOutboxEmpty())
 			ConsumeOutbox();	/* what a recorder that stopped left */
-		if (!RecorderReady() && ExtensionPresent && !NeedRecover)
+		if (WorkerSettles())
 			SettleDeferred();
 		if ((ClaimWanted || GetCurrentTimestamp() >= NextClaimAt) && !InBackoff())
 		{
