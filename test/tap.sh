@@ -42,10 +42,12 @@ done_testing() {
 # q SQL [DB]: one value from psql, unaligned, no headers.
 q() { psql -X -v ON_ERROR_STOP=1 -qAt -d "${2:-${TEST_DB:-postgres}}" -c "$1"; }
 
-# mock_log_count FILTER_PY: number of mock upstream log entries matching a
-# Python expression over `r` (one logged request), e.g. "'#id=x' in str(r['body'])".
+# mock_log FILTER_PY: the mock upstream's log entries (a JSON list) matching
+# a Python expression over `r` (one logged request), e.g. "'#id=x' in
+# str(r['body'])".  The mock is the one at MOCK_URL (default: the plain one
+# on MOCK_PORT), verified against MOCK_CACERT when that is set.
 mock_log() {
-	curl -fsS "http://127.0.0.1:$MOCK_PORT/_log" | /usr/bin/python3 -c "
+	curl -fsS ${MOCK_CACERT:+--cacert "$MOCK_CACERT"} "${MOCK_URL:-http://127.0.0.1:$MOCK_PORT}/_log" | /usr/bin/python3 -c "
 import json, sys
 rs = json.load(sys.stdin)['requests']
 print(json.dumps([r for r in rs if ($1)]))"

@@ -38,7 +38,7 @@ idle_rss=$(rss_now)
 # all completed, checks them, and runs wrk at the same concurrency; sets
 # RATE (lava) and UP (wrk).
 drain_at() {
-	local conc=$1 before t0 t_client t_last done_ok others secs wpid cpu0 cpu1 wcpu queued rpid rcpu0 rcpu1 rcpu
+	local conc=$1 before t0 t_client wpid cpu0 cpu1 wcpu queued rpid rcpu0 rcpu1 rcpu
 	before=$(q "SELECT count(*) FROM lava.request_store")
 	wpid=$(worker_pid)
 	rpid=$(recorder_pid)
@@ -51,19 +51,14 @@ drain_at() {
 	cpu1=$(cpu_ticks "$wpid")
 	rcpu1=$([ -n "$rpid" ] && cpu_ticks "$rpid" || echo 0)
 
-	read -r t_last done_ok others < <(q "SELECT extract(epoch FROM max(completed_at)),
-		count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status <> 'completed')
-		FROM lava.request_store WHERE request_id > (SELECT max(request_id) FROM lava.request_store) - $N" | tr '|' ' ')
-	[ "$done_ok" = "$N" ] || die "only $done_ok of $N requests completed ($others others)"
+	drained_rate "$N" "$t0" "at conc $conc"
 	[ "$(q "SELECT count(*) FROM lava.request_store")" = $((before + N)) ] || die "unexpected request count"
 	for i in $(seq 1 100); do
 		[ "$(q "SELECT count(*) FROM lava.deferred_settlements")" = 0 ] && break
 		sleep 0.1
 	done
 	[ "$(q "SELECT count(*) FROM lava.spend_key_store WHERE reserved_spend <> 0")" = 0 ] || die "reservations left unsettled"
-	secs=$(calc "$t_last - $t0")
-	RATE=$(calc "$N / $secs")
-	echo "  lava.max_concurrency $conc: drained $N in $(printf %.3f "$secs") s (client-side, polling:" \
+	echo "  lava.max_concurrency $conc: drained $N in $(printf %.3f "$DRAIN_SECS") s (client-side, polling:" \
 		"$(printf %.3f "$(calc "$t_client - $t0")") s): $(printf '%.0f' "$RATE") requests/s ($queued non-terminal right after commit)"
 	# the worker's own CPU time over the drain: near the wall time means the
 	# worker is the bottleneck; far below means it waits (on the upstream, on

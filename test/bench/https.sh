@@ -93,18 +93,15 @@ echo "  worker memory idle, after a warm-up over HTTPS: $idle_rss MB"
 
 # drain WHAT URL: queues $N prompts at URL, waits for them; sets RATE
 drain() {
-	local t0 t_last done_ok wpid cpu0 cpu1
+	local t0 wpid cpu0 cpu1
 	use "$2"
 	wpid=$(worker_pid)
 	cpu0=$(cpu_ticks "$wpid")
 	t0=$(enqueue_committed "$N" hello) || exit 1
 	wait_drained 600 || die "the queue did not drain"
 	cpu1=$(cpu_ticks "$wpid")
-	read -r t_last done_ok < <(q "SELECT extract(epoch FROM max(completed_at)), count(*) FILTER (WHERE status = 'completed')
-		FROM lava.request_store WHERE request_id > (SELECT max(request_id) FROM lava.request_store) - $N" | tr '|' ' ')
-	[ "$done_ok" = "$N" ] || die "only $done_ok of $N requests completed over $1"
-	RATE=$(calc "$N / ($t_last - $t0)")
-	echo "  $1: drained $N in $(printf %.3f "$(calc "$t_last - $t0")") s: $(printf '%.0f' "$RATE") requests/s;" \
+	drained_rate "$N" "$t0" "over $1"
+	echo "  $1: drained $N in $(printf %.3f "$DRAIN_SECS") s: $(printf '%.0f' "$RATE") requests/s;" \
 		"worker CPU $(printf %.0f "$(calc "($cpu1 - $cpu0) / $(getconf CLK_TCK) * 1000000 / $N")") us per request," \
 		"$(sockets "$wpid") sockets open after it"
 }

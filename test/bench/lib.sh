@@ -310,6 +310,20 @@ SQL
 	echo "$out" | tail -1
 }
 
+# drained_rate N T0 WHAT: after a drain of the last N requests queued at
+# T0 (enqueue_committed's clock), dies unless every one completed (WHAT
+# names the drain), and sets DRAIN_SECS, from T0 to the last completed_at,
+# and RATE, requests per second
+drained_rate() {
+	local t_last done_ok others
+	read -r t_last done_ok others < <(q "SELECT extract(epoch FROM max(completed_at)),
+		count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status <> 'completed')
+		FROM lava.request_store WHERE request_id > (SELECT max(request_id) FROM lava.request_store) - $1" | tr '|' ' ')
+	[ "$done_ok" = "$1" ] || die "only $done_ok of $1 requests completed $3 ($others others)"
+	DRAIN_SECS=$(calc "$t_last - $2")
+	RATE=$(calc "$1 / $DRAIN_SECS")
+}
+
 # steady_stats [DB]: VACUUM ANALYZE, as autovacuum would have done by now on a
 # server that has been running: the benches set up keys and warm up within
 # seconds, and without it the planner would plan for the empty tables of

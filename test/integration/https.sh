@@ -42,12 +42,9 @@ for i in $(seq 1 100); do
 	curl -fsS --cacert "$dir/ca.pem" "https://127.0.0.1:$TLS_PORT/_health" >/dev/null 2>&1 && break
 	sleep 0.1
 done
-# tls_count TAG: requests the TLS mock received whose body holds TAG
-tls_count() {
-	curl -fsS --cacert "$dir/ca.pem" "https://127.0.0.1:$TLS_PORT/_log" | /usr/bin/python3 -c "
-import json, sys
-print(sum('$1' in json.dumps(r['body']) for r in json.load(sys.stdin)['requests']))"
-}
+# tls_log FILTER_PY / tls_count TAG: mock_log and mock_count for the TLS mock
+tls_log() { MOCK_URL=https://127.0.0.1:$TLS_PORT MOCK_CACERT=$dir/ca.pem mock_log "$1"; }
+tls_count() { MOCK_URL=https://127.0.0.1:$TLS_PORT MOCK_CACERT=$dir/ca.pem mock_count "$1"; }
 
 q "INSERT INTO lava.providers (name, base_url, api_key) VALUES
 	('tls_ip', 'https://127.0.0.1:$TLS_PORT/v1', 'sk-tls-secret-1'),
@@ -97,9 +94,8 @@ id=$(q "SELECT lava.prompt('gpt-tls', 'hello #in=10 #out=5 #text=over-tls #id=t-
 is "$(q "SELECT r ->> 'status' || '/' || (r ->> 'output_text') || '/' || (r ->> 'cost') FROM lava.await($id, '20 seconds') r")" \
 	"completed/over-tls/0.00002" "with lava.ca_file the call completes over TLS, and is charged (10 x 1 + 5 x 2 per million)"
 is "$(tls_count '#id=t-ok')" 1 "the server got it once"
-auth=$(curl -fsS --cacert "$dir/ca.pem" "https://127.0.0.1:$TLS_PORT/_log" | /usr/bin/python3 -c "
-import json, sys
-print([r['headers']['authorization'] for r in json.load(sys.stdin)['requests'] if '#id=t-ok' in json.dumps(r['body'])][0])")
+auth=$(tls_log "'#id=t-ok' in json.dumps(r['body'])" |
+	/usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["headers"]["authorization"])')
 is "$auth" "Bearer sk-tls-secret-1" "the provider's API key went inside TLS"
 
 # a certificate for another host name
